@@ -1,0 +1,103 @@
+"""Structured JSON logging: one object per line, with the agent's identity and no secrets.
+
+Secrets are removed at the formatter, the last point every record passes, so that a token
+that slips into a message or an exception text (e.g. an httpx error quoting a header) is
+never written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import traceback
+from datetime import UTC, datetime
+from typing import Any
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+# Bearer tokens, basic-auth userinfo in URLs, and key=value secrets.
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),
+    re.compile(
+        r"(?i)((?:token|password|passwd|secret|api[_-]?key)[\"']?\s*[=:]\s*[\"']?)[^\s\"',&]+"
+    ),
+)
+
+
+class SecretRedactor:
+    """Replaces known secret values and secret-looking substrings with a marker."""
+
+    def __init__(self, secrets: list[str] | None = None) -> None:
+        self._secrets = [s for s in (secrets or []) if s and len(s) >= 4]
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= 4 and secret not in self._secrets:
+            self._secrets.append(secret)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        text = _SECRET_PATTERNS[0].sub(r"\1***", text)
+        text = _SECRET_PATTERNS[1].sub(r"\1***@", text)
+        return _SECRET_PATTERNS[2].sub(r"\1***", text)
+
+
+REDACT = SecretRedactor()
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, agent_id: str, agent_type: str, redact: SecretRedactor = REDACT) -> None:
+        super().__init__()
+        self._agent_id = agent_id
+        self._agent_type = agent_type
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": self._redact(record.getMessage()),
+            "agent_id": self._agent_id,
+            "agent_type": self._agent_type,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = (
+                    value
+                    if isinstance(value, int | float | bool | None)
+                    else self._redact(str(value))
+                )
+        if record.exc_info:
+            entry["exception"] = self._redact("".join(traceback.format_exception(*record.exc_info)))
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(
+    level: str = "INFO",
+    agent_id: str = "performance-agent-001",
+    agent_type: str = "performance",
+    secrets: list[str | None] | None = None,
+    stream: Any = None,
+) -> None:
+    """Route the root logger to one JSON line per record on stderr (idempotent)."""
+    for secret in secrets or []:
+        REDACT.add(secret)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter(agent_id, agent_type))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_perf_pipelines", False):
+            root.removeHandler(existing)
+    handler._perf_pipelines = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # httpx logs full request lines at INFO; they are noise at the agent's scale.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,146 @@
+"""Configuration from environment variables (and `.env`), validated once at start-up.
+
+Names are the contract in DESIGN.md; seed names (PORT, HOST, AGENT_ID, ...) are kept as they are.
+A bad value raises `SettingsError` naming the environment variable, so a mis-configured
+deployment stops at once instead of failing later in a scrape.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CAPABILITIES: tuple[str, ...] = (
+    "performance_monitoring",
+    "bottleneck_detection",
+    "kv_cache_optimization",
+    "quantization_optimization",
+    "batch_size_tuning",
+)
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+def _check_http_url(value: str | None, variable: str) -> str | None:
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{variable} must be an http(s) URL with a host, got {value!r}")
+    if parts.username or parts.password:
+        raise ValueError(f"{variable} must not carry credentials in the URL")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every setting of the agent; field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # seed names
+    port: int = Field(8002, ge=1, le=65535, description="sidecar HTTP port")
+    host: str = Field("127.0.0.1", description="sidecar bind address")
+    environment: Literal["development", "staging", "production", "test"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    agent_id: str = Field("performance-agent-001", pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    agent_type: str = "performance"
+    orchestrator_url: str | None = None
+    orchestrator_register_endpoint: str = "/api/v1/agents/register"
+    orchestrator_heartbeat_endpoint: str = "/api/v1/agents/{agent_id}/heartbeat"
+    orchestrator_heartbeat_interval: float = Field(30.0, gt=0, le=3600)
+    orchestrator_token: SecretStr | None = None
+    database_url: str | None = None
+    redis_url: str | None = None
+    prometheus_port: int | None = Field(None, ge=1, le=65535)
+    # added by this project
+    perf_home: Path = Path("./.perf_home")
+    perf_targets: Path | None = None
+    prometheus_url: str | None = None
+    scrape_timeout_s: float = Field(5.0, gt=0, le=120)
+    scrape_concurrency: int = Field(64, ge=1, le=4096)
+    scrape_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    scrape_samples: int = Field(3, ge=1, le=100, description="samples per target per cycle")
+    scrape_interval_s: float = Field(5.0, ge=0, le=600, description="pause between samples")
+    optimization_cycle_cron: str = "*/5 * * * *"
+    health_check_cron: str = "* * * * *"
+
+    @field_validator("orchestrator_url")
+    @classmethod
+    def _orchestrator_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value, "ORCHESTRATOR_URL")
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _prometheus_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value, "PROMETHEUS_URL")
+
+    @field_validator("orchestrator_register_endpoint", "orchestrator_heartbeat_endpoint")
+    @classmethod
+    def _endpoint_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"must be a path starting with '/', got {value!r}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("DATABASE_URL must be a sqlite:/// or postgresql+psycopg:// URL")
+        if value.startswith(("postgresql://", "postgres://")):
+            # SQLAlchemy would pick psycopg2 for a bare scheme; we ship psycopg 3.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("perf_targets")
+    @classmethod
+    def _targets_path(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value) == "":
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _cron_fields(self) -> Settings:
+        for name in ("optimization_cycle_cron", "health_check_cron"):
+            if len(getattr(self, name).split()) != 5:
+                raise ValueError(f"{name.upper()} must be a 5-field cron expression")
+        return self
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        """DATABASE_URL, or a SQLite file under PERF_HOME when unset."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.perf_home / 'perf_pipelines.db').resolve()}"
+
+    @property
+    def heartbeat_path(self) -> str:
+        return self.orchestrator_heartbeat_endpoint.replace("{agent_id}", self.agent_id)
+
+    @property
+    def token(self) -> str | None:
+        return self.orchestrator_token.get_secret_value() if self.orchestrator_token else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment; a bad value raises `SettingsError` naming it."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location = ".".join(str(part) for part in error["loc"]) or "settings"
+            # Never echo the rejected input: it may be a token.
+            problems.append(f"{location.upper()}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

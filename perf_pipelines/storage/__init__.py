@@ -1,0 +1,1 @@
+"""SQL storage: table definitions (SQLAlchemy Core), migrations (Alembic) and row access."""
