@@ -1,0 +1,145 @@
+"""The `perf-pipelines` command line.
+
+Sub-commands are imported only when invoked, so that `perf-pipelines sidecar` does not pay for
+the simulator's or Dagster's imports at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+
+import click
+
+from perf_pipelines import __version__
+from perf_pipelines.logs import configure_logging
+from perf_pipelines.settings import Settings, SettingsError, load_settings
+
+# name -> "module:attribute" of a click command defined next to the code it drives
+_LAZY_COMMANDS: dict[str, str] = {}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = _LAZY_COMMANDS.get(cmd_name)
+        if spec is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = spec.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+def settings_or_exit() -> Settings:
+    """Load settings and set up JSON logging, or exit with the configuration problem."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    configure_logging(
+        settings.log_level, settings.agent_id, settings.agent_type, secrets=[settings.token]
+    )
+    return settings
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(__version__, prog_name="perf-pipelines")
+def main() -> None:
+    """Performance agent for LLM inference fleets (vLLM, SGLang, TGI, llama.cpp)."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema: migrations with Alembic."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations (safe to run while the agent runs)."""
+    from perf_pipelines.storage.db import create_db_engine, current_revision, upgrade
+
+    settings = settings_or_exit()
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Show the database's revision and the code's head revision."""
+    from perf_pipelines.storage.db import create_db_engine, current_revision, head_revision
+
+    settings = settings_or_exit()
+    engine = create_db_engine(settings.resolved_database_url)
+    click.echo(f"current: {current_revision(engine)}  head: {head_revision()}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION ('base' drops every table)."""
+    from perf_pipelines.storage.db import create_db_engine, current_revision, downgrade
+
+    settings = settings_or_exit()
+    engine = create_db_engine(settings.resolved_database_url)
+    downgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@main.command("validate-targets")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def validate_targets(path: Path | None) -> None:
+    """Check a targets file (default: PERF_TARGETS) without scraping anything."""
+    from perf_pipelines.targets import TargetsError, load_targets
+
+    settings = settings_or_exit()
+    chosen = path or settings.perf_targets
+    if chosen is None:
+        raise click.UsageError("give a path or set PERF_TARGETS")
+    try:
+        targets = load_targets(chosen)
+    except TargetsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{chosen}: {len(targets)} target(s) OK")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+def scrape(path: Path | None) -> None:
+    """Scrape every target once and print what was read (nothing is stored)."""
+    from perf_pipelines.collection.collector import ScrapeLimits, collect
+    from perf_pipelines.targets import TargetsError, load_targets
+
+    settings = settings_or_exit()
+    chosen = path or settings.perf_targets
+    if chosen is None:
+        raise click.UsageError("give a path or set PERF_TARGETS")
+    try:
+        targets = load_targets(chosen)
+    except TargetsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    limits = ScrapeLimits(
+        timeout_s=settings.scrape_timeout_s,
+        concurrency=settings.scrape_concurrency,
+        max_bytes=settings.scrape_max_bytes,
+    )
+    (results,) = asyncio.run(collect(targets, limits))
+    for result in results:
+        if not result.up:
+            click.echo(f"{result.target.name:<32} DOWN  {result.error}")
+            continue
+        for snap in result.snapshots:
+            click.echo(
+                f"{result.target.name:<32} {result.engine:<8} model={snap.model} "
+                f"running={snap.requests_running} waiting={snap.requests_waiting} "
+                f"kv={snap.kv_cache_usage} ({result.scrape_ms:.0f} ms)"
+            )

@@ -1,0 +1,30 @@
+"""Jobs and schedules of the optimization cycle."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    ScheduleDefinition,
+    define_asset_job,
+)
+
+from perf_pipelines.dagster_defs.snapshots import metric_snapshots
+
+optimization_cycle = define_asset_job(
+    "optimization_cycle",
+    selection=AssetSelection.assets(metric_snapshots),
+    description="Scrape the fleet, detect bottlenecks and write tuning recommendations.",
+    tags={"perf_pipelines/kind": "optimization_cycle"},
+)
+
+
+def optimization_cycle_schedule(cron: str) -> ScheduleDefinition:
+    # Running by default: an agent deployed next to a fleet is expected to watch it at once.
+    return ScheduleDefinition(
+        name="optimization_cycle_schedule",
+        job=optimization_cycle,
+        cron_schedule=cron,
+        default_status=DefaultScheduleStatus.RUNNING,
+        execution_timezone="UTC",
+    )

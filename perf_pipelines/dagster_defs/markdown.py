@@ -1,0 +1,21 @@
+"""Markdown tables for Dagster metadata previews."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _cell(value: object) -> str:
+    # A pipe or newline inside a cell would break the table layout in the UI.
+    return str(value).replace("|", "\\|").replace("\n", " ")[:200]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    if not rows:
+        return "_(none)_"
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Dagster resources: the database, the targets file and the scraper's limits.
+
+Built from `Settings` in `perf_pipelines.definitions`; tests construct them directly.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+from sqlalchemy import Engine
+
+from perf_pipelines.storage.db import create_db_engine, ensure_schema
+from perf_pipelines.targets import Target, load_targets
+
+
+class DatabaseResource(ConfigurableResource):
+    """The agent's SQL database; migrations are applied on first use."""
+
+    url: str
+
+    _engine: Engine | None = PrivateAttr(default=None)
+
+    def get_engine(self) -> Engine:
+        if self._engine is None:
+            engine = create_db_engine(self.url)
+            ensure_schema(engine)
+            self._engine = engine
+        return self._engine
+
+
+class TargetsResource(ConfigurableResource):
+    """The inference servers to watch, from the targets file (PERF_TARGETS)."""
+
+    path: str | None = None
+
+    def load(self) -> list[Target]:
+        if not self.path:
+            return []
+        return load_targets(Path(self.path))
+
+
+class ScraperResource(ConfigurableResource):
+    """Limits of one scrape round; see the SCRAPE_* settings."""
+
+    timeout_s: float = 5.0
+    concurrency: int = 64
+    max_bytes: int = 16 * 1024 * 1024
+    samples: int = 3
+    interval_s: float = 5.0
+
+
+class AgentResource(ConfigurableResource):
+    """Who the agent is and how it reaches the orchestrator (ORCHESTRATOR_* settings)."""
+
+    agent_id: str = "performance-agent-001"
+    agent_type: str = "performance"
+    orchestrator_url: str | None = None
+    orchestrator_register_endpoint: str = "/api/v1/agents/register"
+    orchestrator_heartbeat_endpoint: str = "/api/v1/agents/{agent_id}/heartbeat"
+    orchestrator_heartbeat_interval: float = 30.0
+    orchestrator_token: str | None = None
+    sidecar_url: str = "http://127.0.0.1:8002"
+    redis_url: str | None = None
+
+    @cached_property
+    def heartbeat_path(self) -> str:
+        return self.orchestrator_heartbeat_endpoint.replace("{agent_id}", self.agent_id)

@@ -1,0 +1,183 @@
+"""The `metric_snapshots` asset and its checks: one scrape round (or several) of the fleet.
+
+No `from __future__ import annotations` here: Dagster inspects the `context` annotation at
+definition time and rejects it as a string.
+"""
+
+
+import asyncio
+from collections import Counter
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from sqlalchemy import and_, func, or_, select
+
+from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
+from perf_pipelines.collection.rounds import rows_from_rounds
+from perf_pipelines.dagster_defs.markdown import markdown_table
+from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
+from perf_pipelines.storage.schema import metric_snapshots as metric_snapshots_table
+from perf_pipelines.storage.snapshots import insert_snapshots
+from perf_pipelines.targets import TargetsError
+
+_PREVIEW_ROWS = 25
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _preview(results: list[ScrapeResult]) -> str:
+    rows = []
+    for result in sorted(results, key=lambda r: (r.up, r.target.name))[:_PREVIEW_ROWS]:
+        snapshot = result.snapshots[0] if result.snapshots else None
+        rows.append(
+            [
+                result.target.name,
+                result.engine.value if result.engine else "?",
+                (snapshot.model if snapshot else result.target.model) or "–",
+                "up" if result.up else "**down**",
+                _fmt(snapshot.requests_running if snapshot else None, 0),
+                _fmt(snapshot.requests_waiting if snapshot else None, 0),
+                _fmt(snapshot.kv_cache_usage if snapshot else None),
+                f"{result.scrape_ms:.0f}",
+                result.error or "",
+            ]
+        )
+    header = ["target", "engine", "model", "state", "running", "waiting", "kv use", "ms", "error"]
+    return markdown_table(header, rows)
+
+
+@asset(
+    group_name="performance",
+    kinds={"python", "sql"},
+    description=(
+        "Scrapes /metrics of every target in PERF_TARGETS (SCRAPE_SAMPLES rounds, "
+        "SCRAPE_INTERVAL_S apart) and appends canonical rows to the `metric_snapshots` table."
+    ),
+)
+def metric_snapshots(
+    context: AssetExecutionContext,
+    database: DatabaseResource,
+    targets: TargetsResource,
+    scraper: ScraperResource,
+) -> MaterializeResult:
+    try:
+        target_list = targets.load()
+    except TargetsError as exc:
+        raise Failure(description=str(exc)) from None
+    if not target_list:
+        raise Failure(
+            description="no targets configured: set PERF_TARGETS to a targets YAML file",
+        )
+    limits = ScrapeLimits(
+        timeout_s=scraper.timeout_s, concurrency=scraper.concurrency, max_bytes=scraper.max_bytes
+    )
+    rounds = asyncio.run(collect(target_list, limits, scraper.samples, scraper.interval_s))
+    rows = rows_from_rounds(context.run.run_id, rounds)
+    # One transaction for the whole run: a failure leaves no partial rows behind.
+    with database.get_engine().begin() as connection:
+        inserted = insert_snapshots(connection, rows)
+
+    last_round = rounds[-1]
+    down = [r for r in last_round if not r.up]
+    engines = Counter(r.engine.value for r in last_round if r.engine)
+    for result in down:
+        context.log.warning(f"target {result.target.name} is down: {result.error}")
+    context.log.info(
+        f"scraped {len(target_list)} targets × {len(rounds)} samples: "
+        f"{len(target_list) - len(down)} up, {len(down)} down, {inserted} rows stored"
+    )
+    return MaterializeResult(
+        metadata={
+            "targets_total": MetadataValue.int(len(target_list)),
+            "targets_up": MetadataValue.int(len(target_list) - len(down)),
+            "targets_down": MetadataValue.int(len(down)),
+            "samples": MetadataValue.int(len(rounds)),
+            "rows_inserted": MetadataValue.int(inserted),
+            "engines": MetadataValue.json(dict(engines)),
+            "preview": MetadataValue.md(_preview(last_round)),
+        }
+    )
+
+
+@asset_check(
+    asset=metric_snapshots,
+    description="Warns when targets could not be scraped in this run's latest sample.",
+)
+def targets_reachable(
+    context: AssetCheckExecutionContext, database: DatabaseResource
+) -> AssetCheckResult:
+    table = metric_snapshots_table
+    with database.get_engine().connect() as connection:
+        last_sample = connection.execute(
+            select(func.max(table.c.sample_index)).where(table.c.run_id == context.run.run_id)
+        ).scalar()
+        rows = connection.execute(
+            select(table.c.target, table.c.up, table.c.error).where(
+                table.c.run_id == context.run.run_id, table.c.sample_index == last_sample
+            )
+        ).all()
+    down = sorted({(row.target, row.error or "") for row in rows if not row.up})
+    return AssetCheckResult(
+        passed=not down and bool(rows),
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            "all targets answered"
+            if not down
+            else f"{len(down)} target(s) down: " + ", ".join(t for t, _ in down[:10])
+        ),
+        metadata={
+            "targets_checked": len({row.target for row in rows}),
+            "targets_down": len(down),
+            "down": MetadataValue.md(markdown_table(["target", "error"], [list(d) for d in down])),
+        },
+    )
+
+
+@asset_check(
+    asset=metric_snapshots,
+    description=(
+        "Fails when stored values are impossible: KV use outside 0–1, negative gauges or "
+        "counters, or an 'up' row without any canonical value."
+    ),
+)
+def snapshot_values_valid(
+    context: AssetCheckExecutionContext, database: DatabaseResource
+) -> AssetCheckResult:
+    table = metric_snapshots_table
+    non_negative = [
+        table.c.requests_running,
+        table.c.requests_waiting,
+        table.c.prompt_tokens_total,
+        table.c.generation_tokens_total,
+        table.c.preemptions_total,
+        table.c.requests_finished_total,
+    ]
+    impossible = or_(
+        table.c.kv_cache_usage < 0,
+        table.c.kv_cache_usage > 1,
+        *(column < 0 for column in non_negative),
+        and_(table.c.up.is_(True), *(column.is_(None) for column in non_negative)),
+    )
+    with database.get_engine().connect() as connection:
+        bad = connection.execute(
+            select(table.c.target, table.c.model, table.c.sample_index)
+            .where(table.c.run_id == context.run.run_id, impossible)
+            .limit(20)
+        ).all()
+    return AssetCheckResult(
+        passed=not bad,
+        severity=AssetCheckSeverity.ERROR,
+        description="all values plausible" if not bad else f"{len(bad)} implausible row(s)",
+        metadata={"bad_rows": MetadataValue.json([list(map(str, row)) for row in bad])},
+    )
