@@ -51,6 +51,12 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_BLOCK = re.compile(
     r'\{\s*((?:[a-zA-Z_][a-zA-Z0-9_]*\s*=\s*"(?:[^"\\\n]|\\.)*"\s*(?:,\s*)?)*)\}'
 )
+# The common case, tried first: no escapes, no exemplar, single spaces or tabs. Values then
+# cannot contain '"', so the label text splits on quotes without a regex per label.
+_FAST_SAMPLE = re.compile(
+    r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*",?)*)\})?'
+    r"[ \t]+([^ \t#]+)(?:[ \t]+([^ \t#]+))?[ \t]*"
+)
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\\n]|\\.)*)"')
 _ESCAPES = re.compile(r"\\(.)")
 _ESCAPE_MAP = {"n": "\n", "\\": "\\", '"': '"'}
@@ -131,6 +137,17 @@ def _wanted_sample_names(keep: Collection[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _family_wanted(types: _Types, declared: str, wanted: frozenset[str]) -> bool:
+    """Whether any sample name of the just-declared family is wanted."""
+    candidates = (declared, declared + "_total", declared + "_info")
+    candidates += tuple(declared + suffix for suffix in _HISTOGRAM_SUFFIXES)
+    return any(name in wanted and types.by_sample.get(name) is not None for name in candidates)
+
+
+def _line_number(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
 def parse_exposition(
     text: str,
     *,
@@ -140,115 +157,191 @@ def parse_exposition(
 ) -> dict[str, MetricFamily]:
     """Parse an exposition body into families keyed as described in the module docstring.
 
-    `keep`: only these family keys are built; other lines are skipped after their name.
+    `keep`: only these family keys are built. Both formats require a family's lines to form one
+    group after its TYPE line, so the group of an unwanted family is skipped with one `find` for
+    the next comment line, without looking at its samples.
     `max_series` caps the kept samples and `max_labels` the labels of one sample.
     """
     if "\x00" in text:
         raise ExpositionError("body contains NUL bytes: not a text exposition")
-    openmetrics = text.rstrip().endswith("# EOF")
-    wanted = _wanted_sample_names(keep) if keep is not None else None
-    types = _Types()
-    families: dict[str, MetricFamily] = {}
-    series_index: dict[tuple[str, tuple[tuple[str, str], ...]], Sample] = {}
-    kept = 0
-    lines = text.split("\n")
-    last = len(lines) - 1
-    if lines[last] == "":
-        lines.pop()
-    elif not lines[last].startswith("#"):
+    tail_start = text.rfind("\n", 0, len(text) - 1) + 1 if text else 0
+    if text and not text.endswith("\n") and not text.startswith("#", tail_start):
         # Every sample line ends with a newline; a body that stops without one was cut off.
         raise ExpositionError(
-            f"line {last + 1}: body ends inside a sample line (truncated?): "
-            f"{_snippet(lines[last])!r}"
+            f"line {_line_number(text, tail_start)}: body ends inside a sample line (truncated?): "
+            f"{_snippet(text[tail_start:])!r}"
         )
-    eof_seen = False
-    for index, raw in enumerate(lines):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        if eof_seen:
-            if line.strip():
-                raise ExpositionError(f"line {index + 1}: content after '# EOF'")
-            continue
-        if not line or line.isspace():
-            continue
-        if line[0] == "#":
+    openmetrics = text.rstrip().endswith("# EOF")
+    keep_set = frozenset(keep) if keep is not None else None
+    wanted = _wanted_sample_names(keep_set) if keep_set is not None else None
+    parser = _SampleParser(keep_set, wanted, openmetrics, max_series, max_labels)
+    types = parser.types
+    length = len(text)
+    position = 0
+    skipping = False
+    while position < length:
+        if text.startswith("#", position):
+            end = text.find("\n", position)
+            end = length if end == -1 else end
+            line = text[position:end].rstrip("\r")
             if line.startswith("# TYPE "):
                 parts = line.split(None, 3)
                 if len(parts) != 4 or parts[3].strip() not in _KNOWN_TYPES:
-                    raise ExpositionError(
-                        f"line {index + 1}: malformed TYPE line {_snippet(line)!r}"
-                    )
+                    number = _line_number(text, position)
+                    raise ExpositionError(f"line {number}: malformed TYPE line {_snippet(line)!r}")
                 types.declare(parts[2], parts[3].strip())
+                skipping = wanted is not None and not _family_wanted(types, parts[2], wanted)
             elif line.startswith("# EOF"):
-                eof_seen = True
+                if text[end:].strip():
+                    raise ExpositionError(
+                        f"line {_line_number(text, end) + 1}: content after '# EOF'"
+                    )
+                break
+            else:
+                skipping = False  # a HELP line may start an untyped family: look at its lines
+            position = end + 1
             continue
+        next_comment = text.find("\n#", position)
+        region_end = length if next_comment == -1 else next_comment + 1
+        if not skipping:
+            parser.parse_region(text, position, region_end)
+        position = region_end
+    return parser.families
+
+
+class _SampleParser:
+    """Parses the sample lines of the regions that are not skipped."""
+
+    def __init__(
+        self,
+        keep: frozenset[str] | None,
+        wanted: frozenset[str] | None,
+        openmetrics: bool,
+        max_series: int,
+        max_labels: int,
+    ) -> None:
+        self.keep = keep
+        self.wanted = wanted
+        self.openmetrics = openmetrics
+        self.max_series = max_series
+        self.max_labels = max_labels
+        self.types = _Types()
+        self.families: dict[str, MetricFamily] = {}
+        self.series: dict[tuple[str, str], Sample] = {}
+
+    def parse_region(self, text: str, start: int, end: int) -> None:
+        for index, raw in enumerate(text[start:end].split("\n")):
+            line = raw[:-1] if raw.endswith("\r") else raw
+            if not line or line.isspace():
+                continue
+            try:
+                self._parse_line(line)
+            except ExpositionError as exc:
+                raise ExpositionError(f"line {_line_number(text, start) + index}: {exc}") from None
+
+    def _parse_line(self, line: str) -> None:
+        fast = _FAST_SAMPLE.fullmatch(line)
+        if fast is None:
+            self._parse_line_slowly(line)
+            return
+        name, label_text, value_text, stamp_text = fast.groups()
+        if self.wanted is not None and name not in self.wanted:
+            return
+        family_info = self.types.family_of(name)
+        if family_info is None:
+            return
+        if self.keep is not None and family_info[0] not in self.keep:
+            return
+        labels: dict[str, str] = {}
+        if label_text:
+            pieces = label_text.split('"')
+            for i in range(0, len(pieces) - 1, 2):
+                labels[pieces[i].lstrip(",")[:-1]] = pieces[i + 1]
+            if len(labels) > self.max_labels:
+                raise ExpositionError(f"{len(labels)} labels exceed the cap of {self.max_labels}")
+        self._add(family_info, name, label_text or "", labels, value_text, stamp_text)
+
+    def _parse_line_slowly(self, line: str) -> None:
         match = _NAME.match(line)
         if match is None:
-            raise ExpositionError(f"line {index + 1}: expected a metric name: {_snippet(line)!r}")
+            raise ExpositionError(f"expected a metric name: {_snippet(line)!r}")
         name = match.group()
-        if wanted is not None and name not in wanted:
-            continue
-        family_info = types.family_of(name)
+        if self.wanted is not None and name not in self.wanted:
+            return
+        family_info = self.types.family_of(name)
         if family_info is None:  # a _created series
-            continue
-        key, kind = family_info
-        if keep is not None and key not in keep:
-            continue
+            return
+        if self.keep is not None and family_info[0] not in self.keep:
+            return
         position = match.end()
+        while position < len(line) and line[position] in " \t":
+            position += 1
         labels: dict[str, str] = {}
-        if position < len(line) and line[position] in "{ \t":
-            rest_start = position
-            while rest_start < len(line) and line[rest_start] in " \t":
-                rest_start += 1
-            if rest_start < len(line) and line[rest_start] == "{":
-                block = _LABEL_BLOCK.match(line, rest_start)
-                if block is None:
-                    raise ExpositionError(
-                        f"line {index + 1}: malformed or unterminated labels: {_snippet(line)!r}"
-                    )
-                for label in _LABEL.finditer(block.group(1)):
-                    value = label.group(2)
-                    labels[label.group(1)] = _unescape(value) if "\\" in value else value
-                if len(labels) > max_labels:
-                    raise ExpositionError(
-                        f"line {index + 1}: {len(labels)} labels exceed the cap of {max_labels}"
-                    )
-                position = block.end()
-            else:
-                position = rest_start
-        else:
-            raise ExpositionError(f"line {index + 1}: malformed sample: {_snippet(line)!r}")
+        label_text = ""
+        if position < len(line) and line[position] == "{":
+            block = _LABEL_BLOCK.match(line, position)
+            if block is None:
+                raise ExpositionError(f"malformed or unterminated labels: {_snippet(line)!r}")
+            label_text = block.group(1)
+            for label in _LABEL.finditer(label_text):
+                value = label.group(2)
+                labels[label.group(1)] = _unescape(value) if "\\" in value else value
+            if len(labels) > self.max_labels:
+                raise ExpositionError(f"{len(labels)} labels exceed the cap of {self.max_labels}")
+            position = block.end()
+        elif position == match.end():
+            raise ExpositionError(f"malformed sample: {_snippet(line)!r}")
         rest = line[position:]
         exemplar = rest.find(" # ")
         if exemplar != -1:
             rest = rest[:exemplar]
         fields = rest.split()
         if not fields or len(fields) > 2:
-            raise ExpositionError(
-                f"line {index + 1}: expected 'value [timestamp]': {_snippet(line)!r}"
-            )
-        value = _parse_float(fields[0], index + 1, "value")
+            raise ExpositionError(f"expected 'value [timestamp]': {_snippet(line)!r}")
+        self._add(
+            family_info, name, label_text, labels, fields[0], fields[1] if len(fields) > 1 else None
+        )
+
+    def _add(
+        self,
+        family_info: tuple[str, str],
+        name: str,
+        label_text: str,
+        labels: dict[str, str],
+        value_text: str,
+        stamp_text: str | None,
+    ) -> None:
+        try:
+            value = float(value_text)
+        except ValueError:
+            raise ExpositionError(f"value {_snippet(value_text)!r} is not a number") from None
         timestamp = None
-        if len(fields) == 2:
-            stamp = _parse_float(fields[1], index + 1, "timestamp")
+        if stamp_text is not None:
+            try:
+                stamp = float(stamp_text)
+            except ValueError:
+                raise ExpositionError(
+                    f"timestamp {_snippet(stamp_text)!r} is not a number"
+                ) from None
             if not math.isfinite(stamp):
-                raise ExpositionError(f"line {index + 1}: timestamp {fields[1]!r} is not finite")
+                raise ExpositionError(f"timestamp {stamp_text!r} is not finite")
             # 0.0.4 timestamps are integer milliseconds; OpenMetrics uses seconds.
-            timestamp = stamp if openmetrics else stamp / 1000.0
-        identity = (name, tuple(sorted(labels.items())))
-        previous = series_index.get(identity)
+            timestamp = stamp if self.openmetrics else stamp / 1000.0
+        # The label text as written identifies the series: cheaper than sorting label pairs.
+        identity = (name, label_text)
+        previous = self.series.get(identity)
         if previous is not None:
             previous.value = value
             previous.timestamp = timestamp
-            continue
-        kept += 1
-        if kept > max_series:
+            return
+        if len(self.series) >= self.max_series:
             raise ExpositionError(
-                f"more than {max_series} series: refusing an oversized exposition"
+                f"more than {self.max_series} series: refusing an oversized exposition"
             )
         sample = Sample(name, labels, value, timestamp)
-        series_index[identity] = sample
-        family = families.get(key)
+        self.series[identity] = sample
+        key, kind = family_info
+        family = self.families.get(key)
         if family is None:
-            family = families[key] = MetricFamily(key, kind)
+            family = self.families[key] = MetricFamily(key, kind)
         family.samples.append(sample)
-    return families

@@ -4,7 +4,6 @@ No `from __future__ import annotations` here: Dagster inspects the `context` ann
 definition time and rejects it as a string.
 """
 
-
 import asyncio
 from collections import Counter
 

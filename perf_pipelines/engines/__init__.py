@@ -62,9 +62,11 @@ def snapshots_from_text(
     """Parse a scrape body and map it; raises `ExpositionError` when no engine metric is in it."""
     families = parse_exposition(text, keep=wanted_families(engine), max_series=max_series)
     detected = detect_engine(families)
-    if detected is None or (engine is not None and detected != engine):
+    if detected is None:
         expected = _DISPLAY[engine] if engine else "vLLM/SGLang/TGI/llama.cpp"
-        found = f" (found {_DISPLAY[detected]} metrics)" if detected else ""
+        # Only on failure: look for another engine's metrics to say what the server really is.
+        other = detect_engine(parse_exposition(text, keep=_ALL_WANTED)) if engine else None
+        found = f" (found {_DISPLAY[other]} metrics)" if other else ""
         raise ExpositionError(
             f"no {expected} metrics found{found}: is metrics export enabled on the server?"
         )

@@ -92,7 +92,13 @@ def to_canonical(families: Families) -> list[CanonicalSnapshot]:
     )
     finished, aborted = summed(FINISHED), summed(ABORTED)
     ttft, itl, e2e, queue = histogram(TTFT), histogram(ITL), histogram(E2E), histogram(QUEUE)
-    static = {setting: summed(name) for name, setting in STATIC_SETTINGS.items()}
+    # Every DP rank reports the same configuration, so settings are read, not added up; the KV
+    # capacity is the exception: each DP rank has a pool of its own.
+    static = {
+        setting: mean_by_model(families.get(name), MODEL_LABEL, where)
+        for name, setting in STATIC_SETTINGS.items()
+    }
+    capacity = summed("sglang:max_total_num_tokens")
 
     snapshots = []
     for model in sorted(models, key=lambda m: m or ""):
@@ -108,7 +114,7 @@ def to_canonical(families: Families) -> list[CanonicalSnapshot]:
                 requests_running=running.get(model),
                 requests_waiting=waiting.get(model),
                 kv_cache_usage=usage.get(model),
-                kv_cache_capacity_tokens=static["max_total_num_tokens"].get(model),
+                kv_cache_capacity_tokens=capacity.get(model),
                 prompt_tokens_total=prompt.get(model),
                 generation_tokens_total=generation.get(model),
                 preemptions_total=retractions.get(model),
