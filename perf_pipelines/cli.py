@@ -116,6 +116,7 @@ def validate_targets(path: Path | None) -> None:
 def scrape(path: Path | None) -> None:
     """Scrape every target once and print what was read (nothing is stored)."""
     from perf_pipelines.collection.collector import ScrapeLimits, collect
+    from perf_pipelines.formatting import format_value
     from perf_pipelines.targets import TargetsError, load_targets
 
     settings = settings_or_exit()
@@ -140,6 +141,7 @@ def scrape(path: Path | None) -> None:
         for snap in result.snapshots:
             click.echo(
                 f"{result.target.name:<32} {result.engine:<8} model={snap.model} "
-                f"running={snap.requests_running} waiting={snap.requests_waiting} "
-                f"kv={snap.kv_cache_usage} ({result.scrape_ms:.0f} ms)"
+                f"running={format_value(snap.requests_running, 0)} "
+                f"waiting={format_value(snap.requests_waiting, 0)} "
+                f"kv={format_value(snap.kv_cache_usage)} ({result.scrape_ms:.0f} ms)"
             )

@@ -22,17 +22,13 @@ from sqlalchemy import and_, func, or_, select
 
 from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
-from perf_pipelines.dagster_defs.markdown import markdown_table
 from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
+from perf_pipelines.formatting import format_value, markdown_table
 from perf_pipelines.storage.schema import metric_snapshots as metric_snapshots_table
 from perf_pipelines.storage.snapshots import insert_snapshots
 from perf_pipelines.targets import TargetsError
 
 _PREVIEW_ROWS = 25
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _preview(results: list[ScrapeResult]) -> str:
@@ -45,9 +41,9 @@ def _preview(results: list[ScrapeResult]) -> str:
                 result.engine.value if result.engine else "?",
                 (snapshot.model if snapshot else result.target.model) or "–",
                 "up" if result.up else "**down**",
-                _fmt(snapshot.requests_running if snapshot else None, 0),
-                _fmt(snapshot.requests_waiting if snapshot else None, 0),
-                _fmt(snapshot.kv_cache_usage if snapshot else None),
+                format_value(snapshot.requests_running if snapshot else None, 0),
+                format_value(snapshot.requests_waiting if snapshot else None, 0),
+                format_value(snapshot.kv_cache_usage if snapshot else None),
                 f"{result.scrape_ms:.0f}",
                 result.error or "",
             ]

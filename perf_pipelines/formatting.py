@@ -1,4 +1,4 @@
-"""Markdown tables for Dagster metadata previews."""
+"""Text for people: markdown tables for Dagster metadata, values with a dash for "not measured"."""
 
 from __future__ import annotations
 
@@ -19,3 +19,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
         *("| " + " | ".join(_cell(value) for value in row) + " |" for row in rows),
     ]
     return "\n".join(lines)
+
+
+def format_value(value: float | None, digits: int = 2) -> str:
+    """A measured value for people: fixed digits, and a dash where nothing was measured."""
+    return "–" if value is None else f"{value:.{digits}f}"
