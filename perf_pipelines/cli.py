@@ -18,7 +18,7 @@ from perf_pipelines.logs import configure_logging
 from perf_pipelines.settings import Settings, SettingsError, load_settings
 
 # name -> "module:attribute" of a click command defined next to the code it drives
-_LAZY_COMMANDS: dict[str, str] = {}
+_LAZY_COMMANDS: dict[str, str] = {"fleet": "perf_pipelines.simulator.cli:fleet"}
 
 
 class _LazyGroup(click.Group):

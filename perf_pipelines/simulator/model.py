@@ -1,0 +1,416 @@
+"""A fixed-step model of one continuous-batching inference server.
+
+Each tick (a fraction of a second of simulated time) does what an engine's scheduler does over
+many engine steps, with per-request bookkeeping in numpy arrays:
+
+1. arrivals (Poisson, modulated by bursts and a daily pattern) join the waiting queue;
+2. admission in arrival order, limited by free KV-cache tokens, the running-request cap and the
+   per-step token budget (TGI reserves each request's whole length; SGLang keeps a reserve for
+   growth scaled by its schedule conservativeness);
+3. a roofline gives the engine-step time: prefill is compute-bound, decode reads the weights
+   and every running request's KV once per step; chunked prefill mixes both in one step,
+   without it prefill runs as separate steps that stall decoding;
+4. running requests decode as many tokens as steps fit in the tick;
+5. if KV use outgrows the pool, the newest requests are preempted and recomputed later (vLLM
+   preemption, SGLang retraction);
+6. finished requests leave; latencies are observed into histograms.
+
+The figures are coarse on purpose (no attention FLOPs, fixed efficiencies); docs/simulator.md
+compares them with published numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perf_pipelines.simulator.profiles import (
+    GIB,
+    KV_DTYPE_BYTES,
+    WEIGHT_FORMATS,
+    Gpu,
+    ModelProfile,
+)
+from perf_pipelines.simulator.settings import Knobs
+
+# Share of peak a real engine reaches: ~55 % of tensor FLOPs in prefill GEMMs, ~75 % of HBM
+# bandwidth in decode; a few ms of scheduler/launch overhead per step; tensor parallelism pays
+# for its all-reduces.
+COMPUTE_EFFICIENCY = 0.55
+BANDWIDTH_EFFICIENCY = 0.75
+STEP_OVERHEAD_S = 0.004
+TENSOR_PARALLEL_PENALTY = 1.08
+ACTIVATION_RESERVE_GIB_PER_GPU = 1.5
+WEIGHT_ONLY_DEQUANT_PENALTY = 1.15
+
+
+class StartupError(RuntimeError):
+    """The settings cannot start on this hardware (e.g. the weights do not fit)."""
+
+
+@dataclass
+class Workload:
+    """Traffic offered to one server; every field can change while it runs."""
+
+    rate_rps: float = 2.0
+    prompt_tokens_mean: float = 800.0
+    output_tokens_mean: float = 200.0
+    length_sigma: float = 0.6  # log-normal spread of prompt and output lengths
+    shared_prefix_ratio: float = 0.2  # share of each prompt that is a common prefix
+    burst_factor: float = 1.0  # rate multiplier during bursts (1 = plain Poisson)
+    burst_period_s: float = 120.0
+    daily_amplitude: float = 0.0  # 0..1, sinusoidal day/night swing
+    max_new_tokens: int = 1024
+    client_timeout_s: float = 300.0  # clients give up on requests still waiting after this
+
+    def rate_at(self, t: float) -> float:
+        rate = self.rate_rps * (1 + self.daily_amplitude * math.sin(2 * math.pi * t / 86400))
+        if self.burst_factor != 1.0 and (t % self.burst_period_s) < self.burst_period_s / 4:
+            rate *= self.burst_factor
+        return max(rate, 0.0)
+
+
+class Histogram:
+    """Per-bucket counts (not cumulative) with a running sum, like a Prometheus histogram."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = np.asarray(bounds, dtype=float)
+        self.counts = np.zeros(len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0.0
+
+    def observe(self, values: np.ndarray, weights: np.ndarray | float = 1.0) -> None:
+        if len(values) == 0:
+            return
+        weights_array = np.broadcast_to(np.asarray(weights, dtype=float), values.shape)
+        index = np.searchsorted(self.bounds, values, side="left")
+        self.counts += np.bincount(index, weights=weights_array, minlength=len(self.counts))
+        self.sum += float(np.dot(values, weights_array))
+        self.count += float(weights_array.sum())
+
+    def cumulative(self) -> np.ndarray:
+        return np.cumsum(self.counts)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    ttft: tuple[float, ...]
+    itl: tuple[float, ...]
+    e2e: tuple[float, ...]
+    queue: tuple[float, ...]
+    step: tuple[float, ...]
+
+
+@dataclass
+class Counters:
+    prompt_tokens: float = 0.0
+    cached_prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    preemptions: float = 0.0
+    finished: float = 0.0
+    finished_length: float = 0.0
+    rejected: float = 0.0
+    aborted: float = 0.0
+    decode_steps: float = 0.0
+    prefill_steps: float = 0.0
+    busy_seconds: float = 0.0
+
+
+_FIELDS = ("arrival", "prompt", "output", "hits", "ctx", "done", "admitted", "first_token", "ready")
+
+
+@dataclass
+class _Requests:
+    """Column arrays of a set of requests (waiting or running)."""
+
+    arrival: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    prompt: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tokens to (re)compute
+    output: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tokens to generate in all
+    hits: np.ndarray = field(default_factory=lambda: np.zeros(0))  # prompt tokens from the cache
+    ctx: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tokens held in KV
+    done: np.ndarray = field(default_factory=lambda: np.zeros(0))  # tokens generated so far
+    admitted: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    first_token: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN until emitted
+    ready: np.ndarray = field(default_factory=lambda: np.zeros(0))  # prefill done: decode from here
+
+    def __len__(self) -> int:
+        return len(self.arrival)
+
+    def take(self, mask: np.ndarray) -> _Requests:
+        return _Requests(*(getattr(self, name)[mask] for name in _FIELDS))
+
+    def extend(self, other: _Requests, front: bool = False) -> None:
+        for name in _FIELDS:
+            parts = (getattr(other, name), getattr(self, name))
+            setattr(self, name, np.concatenate(parts if front else parts[::-1]))
+
+
+class ServerModel:
+    """One server process: its settings, its state and the counters it exports."""
+
+    def __init__(
+        self,
+        gpu: Gpu,
+        gpus: int,
+        model: ModelProfile,
+        knobs: Knobs,
+        buckets: Buckets,
+        workload: Workload,
+        start_time: float,
+        seed: int,
+    ) -> None:
+        self.gpu, self.gpus, self.model, self.knobs = gpu, knobs.gpus or gpus, model, knobs
+        self.workload = workload
+        self.now = start_time
+        self.start_time = start_time
+        self.random = np.random.default_rng(seed)
+        self.weight_format = WEIGHT_FORMATS[knobs.weight_format]
+        self.kv_bytes_per_token = model.kv_bytes_per_token(KV_DTYPE_BYTES[knobs.kv_dtype])
+        self.kv_capacity_tokens = self._kv_capacity()
+        self.waiting = _Requests()
+        self.running = _Requests()
+        self.counters = Counters()
+        self.ttft = Histogram(buckets.ttft)
+        self.itl = Histogram(buckets.itl)
+        self.e2e = Histogram(buckets.e2e)
+        self.queue = Histogram(buckets.queue)
+        self.decode_step = Histogram(buckets.step)
+        self.prefill_step = Histogram(buckets.step)
+        self.last_step_s = self.step_time(1, 0, 0)
+
+    # -- capacity and roofline ------------------------------------------------------------------
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.model.params_b * 1e9 * self.weight_format.bytes_per_param
+
+    def _kv_capacity(self) -> float:
+        memory = self.gpu.memory_gib * GIB * self.gpus
+        activations = ACTIVATION_RESERVE_GIB_PER_GPU * GIB * self.gpus
+        free = memory * self.knobs.memory_fraction - self.weight_bytes - activations
+        if free <= 0:
+            raise StartupError(
+                f"out of memory: {self.weight_bytes / GIB:.1f} GiB of weights do not fit in "
+                f"{self.knobs.memory_fraction:.2f} × {memory / GIB:.0f} GiB"
+            )
+        physical = free / self.kv_bytes_per_token
+        override = self.knobs.kv_capacity_tokens_override
+        if override is not None:
+            if override > physical:
+                raise StartupError(
+                    f"not enough memory for {override} KV tokens (at most {physical:.0f} fit)"
+                )
+            return float(override)
+        return float(math.floor(physical))
+
+    def _peak_flops(self) -> float:
+        fmt = self.weight_format
+        if fmt.compute == "fp8" and self.gpu.supports_fp8_compute and self.gpu.fp8_tflops:
+            return self.gpu.fp8_tflops * 1e12
+        if fmt.compute == "int8":
+            return self.gpu.int8_tops * 1e12
+        # FP16 GEMMs, also for FP8 weights on pre-Ada GPUs (weight-only, dequantised on the fly)
+        penalty = WEIGHT_ONLY_DEQUANT_PENALTY if fmt.bytes_per_param < 2 else 1.0
+        return self.gpu.fp16_tflops * 1e12 / penalty
+
+    def step_time(self, decode_batch: float, prefill_tokens: float, kv_tokens: float) -> float:
+        """Seconds of one engine step: the slower of compute and memory traffic."""
+        active_bytes = self.model.active_params_b * 1e9 * self.weight_format.bytes_per_param
+        flops = 2 * self.model.active_params_b * 1e9 * (decode_batch + prefill_tokens)
+        compute = flops / (self.gpus * self._peak_flops() * COMPUTE_EFFICIENCY)
+        traffic = active_bytes + kv_tokens * self.kv_bytes_per_token
+        memory = traffic / (self.gpus * self.gpu.hbm_tb_s * 1e12 * BANDWIDTH_EFFICIENCY)
+        penalty = TENSOR_PARALLEL_PENALTY if self.gpus > 1 else 1.0
+        return max(compute, memory) * penalty + STEP_OVERHEAD_S
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def kv_used_tokens(self) -> float:
+        if self.knobs.reserve_full_length:
+            return float(np.sum(self.running.prompt + self.running.output))
+        return float(np.sum(self.running.ctx - self.running.hits))
+
+    def kv_usage(self) -> float:
+        return min(1.0, self.kv_used_tokens() / self.kv_capacity_tokens)
+
+    def reserved_tokens(self) -> float:
+        """What TGI calls batch_current_max_tokens: the running batch's full-length reservation."""
+        return float(np.sum(self.running.prompt + self.running.output))
+
+    # -- simulation -----------------------------------------------------------------------------
+
+    def advance(self, until: float, tick: float) -> None:
+        while self.now + 1e-9 < until:
+            dt = min(tick, until - self.now)
+            self._tick(dt)
+            self.now += dt
+
+    def _arrivals(self, dt: float) -> _Requests:
+        w = self.workload
+        count = self.random.poisson(w.rate_at(self.now) * dt)
+        if count == 0:
+            return _Requests()
+        arrival = np.sort(self.now + self.random.random(count) * dt)
+        limit = self.model.max_context // 2
+        sigma = w.length_sigma
+        prompt = np.clip(
+            np.round(
+                self.random.lognormal(math.log(w.prompt_tokens_mean) - sigma**2 / 2, sigma, count)
+            ),
+            8,
+            limit,
+        )
+        output = np.clip(
+            np.round(
+                self.random.lognormal(math.log(w.output_tokens_mean) - sigma**2 / 2, sigma, count)
+            ),
+            1,
+            w.max_new_tokens,
+        )
+        hits = (
+            np.floor(prompt * w.shared_prefix_ratio)
+            if self.knobs.prefix_caching
+            else np.zeros(count)
+        )
+        zeros, nan = np.zeros(count), np.full(count, np.nan)
+        return _Requests(
+            arrival, prompt, output, hits, zeros, zeros.copy(), nan, nan.copy(), nan.copy()
+        )
+
+    def _reject_overload(self, new: _Requests) -> _Requests:
+        limit = self.knobs.max_concurrent
+        if limit is None or len(new) == 0:
+            return new
+        room = max(0, limit - len(self.running) - len(self.waiting))
+        self.counters.rejected += max(0, len(new) - room)
+        return new.take(np.arange(len(new)) < room)
+
+    def _admit(self, dt: float, at: float) -> None:
+        """Move waiting requests into the running batch (their prefill runs in the next steps)."""
+        waiting = self.waiting
+        slots = self.knobs.max_running - len(self.running)
+        if len(waiting) == 0 or slots <= 0:
+            return
+        if self.knobs.reserve_full_length:
+            need = waiting.prompt + waiting.output
+        else:
+            # Prompt blocks now, plus the reserve a conservative scheduler keeps for growth.
+            need = waiting.prompt - waiting.hits + self.knobs.admission_reserve * waiting.output
+        free = self.kv_capacity_tokens - self.kv_used_tokens()
+        fits = np.cumsum(need) <= free
+        steps = max(1.0, dt / self.last_step_s)
+        budget = self.knobs.max_batched_tokens * steps
+        within_budget = np.cumsum(waiting.prompt - waiting.hits) <= budget
+        within_budget[0] = True  # a prompt longer than the budget is still taken (in chunks)
+        admit = fits & within_budget & (np.arange(len(waiting)) < slots)
+        # FCFS: stop at the first request that does not fit.
+        blocked = np.flatnonzero(~admit)
+        count = int(blocked[0]) if len(blocked) else len(waiting)
+        if count == 0:
+            return
+        taken = waiting.take(np.arange(len(waiting)) < count)
+        self.waiting = waiting.take(np.arange(len(waiting)) >= count)
+        fresh = np.isnan(taken.first_token)
+        # A preempted request keeps the time it was first scheduled (vLLM's queue time ends there).
+        taken.admitted = np.where(fresh, np.maximum(taken.arrival, at), taken.admitted)
+        taken.ctx = taken.prompt.copy()
+        taken.ready = np.full(count, np.nan)
+        self.counters.prompt_tokens += float(np.sum(taken.prompt[fresh]))
+        self.counters.cached_prompt_tokens += float(np.sum(taken.hits[fresh]))
+        self.queue.observe((taken.admitted - taken.arrival)[fresh])
+        self.running.extend(taken)
+
+    def _tick(self, dt: float) -> None:
+        c = self.counters
+        end = self.now + dt
+        self.waiting.extend(self._reject_overload(self._arrivals(dt)))
+        self._abort_timed_out()
+        self._admit(dt, self.now)
+        pending = np.isnan(self.running.ready)  # admitted, prefill not done yet
+        fresh = pending & np.isnan(self.running.first_token)  # not a preempted request returning
+        prefill = (self.running.prompt - self.running.hits)[pending]
+
+        batch = len(self.running)
+        kv_tokens = float(np.sum(self.running.ctx))
+        total_prefill = float(np.sum(prefill))
+        decode_step = self.step_time(batch, 0, kv_tokens)
+        if self.knobs.chunked_prefill or total_prefill == 0:
+            # Prefill chunks ride along in decode steps, spread over the tick.
+            per_step = min(self.knobs.max_batched_tokens, total_prefill / (dt / decode_step))
+            step = self.step_time(batch, per_step, kv_tokens)
+            steps = dt / step
+            prefill_done_at = self.now + np.cumsum(prefill) / max(per_step, 1e-9) * step
+            token_interval = step
+        else:
+            # Whole prompts in dedicated steps: running requests wait for them.
+            chunks = np.ceil(prefill / self.knobs.max_batched_tokens)
+            chunk_time = self.step_time(0, self.knobs.max_batched_tokens, kv_tokens)
+            prefill_done_at = self.now + np.cumsum(chunks) * chunk_time
+            prefill_time = float(np.sum(chunks)) * chunk_time
+            c.prefill_steps += float(np.sum(chunks))
+            self.prefill_step.observe(np.array([chunk_time]), float(np.sum(chunks)))
+            step = decode_step
+            steps = max(0.0, dt - prefill_time) / step
+            token_interval = dt / max(steps, 1e-9)
+        self.last_step_s = step
+        if batch:
+            c.busy_seconds += dt
+            c.decode_steps += steps
+            self.decode_step.observe(np.array([step]), steps)
+
+        admitted_at = self.running.admitted[pending]
+        ready = np.minimum(np.maximum(prefill_done_at, admitted_at), end)
+        self.running.ready[pending] = ready
+        self.running.first_token[fresh] = self.running.ready[fresh]
+        self.ttft.observe(self.running.first_token[fresh] - self.running.arrival[fresh])
+
+        start = np.maximum(self.running.ready, self.now)
+        remaining = self.running.output - self.running.done
+        generated = np.minimum(np.floor((end - start) / token_interval + 1e-9), remaining)
+        first_tokens = fresh
+        generated[first_tokens] = np.maximum(generated[first_tokens], 1)  # prefill emits one
+        self.running.done += generated
+        self.running.ctx += generated
+        c.generation_tokens += float(np.sum(generated))
+        decode_tokens = float(np.sum(generated) - np.count_nonzero(first_tokens))
+        if decode_tokens > 0:
+            self.itl.observe(np.array([token_interval]), decode_tokens)
+
+        finished = self.running.done >= self.running.output
+        if np.any(finished):
+            finish_at = np.minimum(end, start + remaining * token_interval)[finished]
+            ended = self.running.take(finished)
+            self.running = self.running.take(~finished)
+            self.e2e.observe(finish_at - ended.arrival)
+            c.finished += len(ended)
+            c.finished_length += float(
+                np.count_nonzero(ended.output >= self.workload.max_new_tokens)
+            )
+        self._preempt_if_full()
+        # Freed slots are refilled at once, as a continuous-batching scheduler does.
+        self._admit(dt, end)
+
+    def _abort_timed_out(self) -> None:
+        expired = self.now - self.waiting.arrival > self.workload.client_timeout_s
+        if np.any(expired):
+            self.counters.aborted += float(np.count_nonzero(expired))
+            self.waiting = self.waiting.take(~expired)
+
+    def _preempt_if_full(self) -> None:
+        if self.knobs.reserve_full_length:
+            return  # TGI reserved every request's full length at admission: no preemption
+        overflow = self.kv_used_tokens() - self.kv_capacity_tokens
+        if overflow <= 0 or len(self.running) == 0:
+            return
+        held = (self.running.ctx - self.running.hits)[::-1]  # newest first
+        count = int(np.searchsorted(np.cumsum(held), overflow, side="left")) + 1
+        count = min(count, len(self.running))
+        keep = np.arange(len(self.running)) < len(self.running) - count
+        victims = self.running.take(~keep)
+        self.running = self.running.take(keep)
+        # Recompute later: everything held so far becomes prompt again, generated tokens stay.
+        victims.prompt = victims.ctx.copy()
+        self.waiting.extend(victims, front=True)
+        self.counters.preemptions += count

@@ -1,0 +1,100 @@
+"""The server model: capacity arithmetic, roofline and monotonic responses to settings."""
+
+import math
+
+import pytest
+
+from perf_pipelines.simulator.exposition import VLLM_BUCKETS
+from perf_pipelines.simulator.fleet import Fleet, ServerSpec
+from perf_pipelines.simulator.model import ServerModel, StartupError, Workload
+from perf_pipelines.simulator.profiles import GIB, gpu_by_name, model_by_name
+from perf_pipelines.simulator.scenarios import LLAMA_8B, LLAMA_70B, kv_pressure, queue_saturation
+from perf_pipelines.simulator.settings import SettingsError, to_knobs, validate_settings
+
+
+def _model(engine: str, model: str, gpu: str, gpus: int, **settings: object) -> ServerModel:
+    knobs = to_knobs(engine, validate_settings(engine, settings), gpus)
+    return ServerModel(
+        gpu_by_name(gpu), gpus, model_by_name(model), knobs, VLLM_BUCKETS, Workload(), 0.0, 1
+    )
+
+
+def test_kv_capacity_of_llama_8b_fp16_on_a100_by_hand() -> None:
+    server = _model("vllm", LLAMA_8B, "A100-80GB", 1, gpu_memory_utilization=0.9)
+    # 2 (K,V) × 32 layers × 8 KV heads × 128 dims × 2 bytes = 131,072 bytes per token
+    assert server.kv_bytes_per_token == 131_072
+    free = 80 * GIB * 0.9 - 8.03e9 * 2 - 1.5 * GIB
+    assert server.kv_capacity_tokens == math.floor(free / 131_072)
+    assert 440_000 < server.kv_capacity_tokens < 470_000
+
+
+def test_fp8_kv_cache_doubles_capacity_per_byte() -> None:
+    fp16 = _model("vllm", LLAMA_8B, "H100-SXM-80GB", 1)
+    fp8 = _model("vllm", LLAMA_8B, "H100-SXM-80GB", 1, kv_cache_dtype="fp8")
+    assert fp8.kv_capacity_tokens == pytest.approx(2 * fp16.kv_capacity_tokens, rel=0.001)
+
+
+def test_weights_that_do_not_fit_fail_to_start() -> None:
+    with pytest.raises(StartupError, match="out of memory"):
+        _model("vllm", LLAMA_70B, "A100-80GB", 1)
+
+
+def test_fp8_compute_needs_ada_or_hopper() -> None:
+    def prefill_time(gpu: str, quantization: str) -> float:
+        return _model("vllm", LLAMA_8B, gpu, 1, quantization=quantization).step_time(0, 8192, 0)
+
+    assert prefill_time("H100-SXM-80GB", "fp8") < 0.6 * prefill_time("H100-SXM-80GB", "fp16")
+    # On Ampere FP8 weights are dequantised to FP16: no faster prefill, a little slower
+    assert prefill_time("A100-80GB", "fp8") >= prefill_time("A100-80GB", "fp16")
+
+
+def test_decode_is_bandwidth_bound_and_grows_with_kv() -> None:
+    server = _model("vllm", LLAMA_8B, "H100-SXM-80GB", 1)
+    light, heavy = server.step_time(8, 0, 10_000), server.step_time(8, 0, 400_000)
+    assert heavy > 2 * light
+
+
+def _run(specs: list[ServerSpec], seconds: float = 300) -> Fleet:
+    fleet = Fleet(specs, virtual=True, seed=3)
+    fleet.advance(seconds)
+    return fleet
+
+
+def test_more_kv_memory_means_fewer_preemptions() -> None:
+    def preemptions(utilization: float) -> float:
+        (spec,) = kv_pressure()
+        spec.settings["gpu_memory_utilization"] = utilization
+        (server,) = _run([spec]).servers.values()
+        assert server.model is not None
+        return server.model.counters.preemptions
+
+    tight, roomy = preemptions(0.56), preemptions(0.8)
+    assert tight > 10
+    assert roomy < tight / 3
+
+
+def test_larger_batch_raises_throughput_and_itl_until_saturation() -> None:
+    def measure(max_num_seqs: int) -> tuple[float, float]:
+        (spec,) = queue_saturation()
+        spec.settings["max_num_seqs"] = max_num_seqs
+        (server,) = _run([spec], 200).servers.values()
+        model = server.model
+        assert model is not None
+        return model.counters.generation_tokens / 200, model.itl.sum / model.itl.count
+
+    (small_tps, small_itl), (big_tps, big_itl) = measure(8), measure(64)
+    assert big_tps > 2 * small_tps
+    assert big_itl > small_itl
+    # past the offered load a larger cap changes nothing
+    assert measure(512)[0] == pytest.approx(measure(1024)[0], rel=0.05)
+
+
+def test_settings_are_validated_with_their_names() -> None:
+    with pytest.raises(SettingsError, match="unknown vllm setting"):
+        validate_settings("vllm", {"max_num_seq": 3})
+    with pytest.raises(SettingsError, match="gpu_memory_utilization must be within"):
+        validate_settings("vllm", {"gpu_memory_utilization": 1.5})
+    with pytest.raises(SettingsError, match="max_num_seqs must be a whole number"):
+        validate_settings("vllm", {"max_num_seqs": 2.5})
+    with pytest.raises(SettingsError, match="kv_cache_dtype must be one of"):
+        validate_settings("sglang", {"kv_cache_dtype": "int3"})
