@@ -21,6 +21,7 @@ compares them with published numbers.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 
@@ -35,12 +36,12 @@ from perf_pipelines.simulator.profiles import (
 )
 from perf_pipelines.simulator.settings import Knobs
 
-# Share of peak a real engine reaches: ~55 % of tensor FLOPs in prefill GEMMs, ~75 % of HBM
-# bandwidth in decode; a few ms of scheduler/launch overhead per step; tensor parallelism pays
-# for its all-reduces.
+# Share of peak a real engine reaches: ~55 % of tensor FLOPs in prefill GEMMs, ~77 % of HBM
+# bandwidth in decode (measured for vLLM, docs/simulator.md); ~1 ms of scheduling per step (CUDA
+# graphs hide most launch cost); tensor parallelism pays for its all-reduces.
 COMPUTE_EFFICIENCY = 0.55
-BANDWIDTH_EFFICIENCY = 0.75
-STEP_OVERHEAD_S = 0.004
+BANDWIDTH_EFFICIENCY = 0.77
+STEP_OVERHEAD_S = 0.001
 TENSOR_PARALLEL_PENALTY = 1.08
 ACTIVATION_RESERVE_GIB_PER_GPU = 1.5
 WEIGHT_ONLY_DEQUANT_PENALTY = 1.15
@@ -77,6 +78,7 @@ class Histogram:
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = np.asarray(bounds, dtype=float)
+        self.bounds_list = list(bounds)
         self.counts = np.zeros(len(bounds) + 1)
         self.sum = 0.0
         self.count = 0.0
@@ -89,6 +91,12 @@ class Histogram:
         self.counts += np.bincount(index, weights=weights_array, minlength=len(self.counts))
         self.sum += float(np.dot(values, weights_array))
         self.count += float(weights_array.sum())
+
+    def observe_one(self, value: float, weight: float = 1.0) -> None:
+        """One value seen `weight` times (a step time, an inter-token gap): no array work."""
+        self.counts[bisect.bisect_left(self.bounds_list, value)] += weight
+        self.sum += value * weight
+        self.count += weight
 
     def cumulative(self) -> np.ndarray:
         return np.cumsum(self.counts)
@@ -350,7 +358,7 @@ class ServerModel:
             prefill_done_at = self.now + np.cumsum(chunks) * chunk_time
             prefill_time = float(np.sum(chunks)) * chunk_time
             c.prefill_steps += float(np.sum(chunks))
-            self.prefill_step.observe(np.array([chunk_time]), float(np.sum(chunks)))
+            self.prefill_step.observe_one(chunk_time, float(np.sum(chunks)))
             step = decode_step
             steps = max(0.0, dt - prefill_time) / step
             token_interval = dt / max(steps, 1e-9)
@@ -358,25 +366,25 @@ class ServerModel:
         if batch:
             c.busy_seconds += dt
             c.decode_steps += steps
-            self.decode_step.observe(np.array([step]), steps)
+            self.decode_step.observe_one(step, steps)
 
-        admitted_at = self.running.admitted[pending]
-        ready = np.minimum(np.maximum(prefill_done_at, admitted_at), end)
-        self.running.ready[pending] = ready
+        # A long prefill may end in a later tick: its request then starts decoding there.
+        self.running.ready[pending] = np.maximum(prefill_done_at, self.running.admitted[pending])
         self.running.first_token[fresh] = self.running.ready[fresh]
         self.ttft.observe(self.running.first_token[fresh] - self.running.arrival[fresh])
 
         start = np.maximum(self.running.ready, self.now)
         remaining = self.running.output - self.running.done
-        generated = np.minimum(np.floor((end - start) / token_interval + 1e-9), remaining)
-        first_tokens = fresh
+        steps_left = np.maximum(np.floor((end - start) / token_interval + 1e-9), 0)
+        generated = np.minimum(steps_left, remaining)
+        first_tokens = (self.running.done == 0) & (start <= end)
         generated[first_tokens] = np.maximum(generated[first_tokens], 1)  # prefill emits one
         self.running.done += generated
         self.running.ctx += generated
         c.generation_tokens += float(np.sum(generated))
         decode_tokens = float(np.sum(generated) - np.count_nonzero(first_tokens))
         if decode_tokens > 0:
-            self.itl.observe(np.array([token_interval]), decode_tokens)
+            self.itl.observe_one(token_interval, decode_tokens)
 
         finished = self.running.done >= self.running.output
         if np.any(finished):

@@ -50,7 +50,7 @@ def kv_pressure() -> list[ServerSpec]:
                 "max_num_seqs": 256,
             },
             workload=Workload(
-                rate_rps=2.5,
+                rate_rps=3.5,
                 prompt_tokens_mean=3000,
                 output_tokens_mean=600,
                 shared_prefix_ratio=0.1,
@@ -104,7 +104,7 @@ def ttft_breach() -> list[ServerSpec]:
                 "max_running_requests": 64,
             },
             workload=Workload(
-                rate_rps=1.2,
+                rate_rps=0.4,
                 prompt_tokens_mean=7000,
                 output_tokens_mean=120,
                 shared_prefix_ratio=0.0,
