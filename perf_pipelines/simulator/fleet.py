@@ -13,9 +13,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from perf_pipelines.hardware import gpu_by_name, model_by_name
 from perf_pipelines.simulator.exposition import BUCKETS, render
 from perf_pipelines.simulator.model import ServerModel, StartupError, Workload
-from perf_pipelines.simulator.profiles import gpu_by_name, model_by_name
 from perf_pipelines.simulator.settings import SettingsError, to_knobs, validate_settings
 
 RESTART_SECONDS = 5.0  # simulated time a server is unavailable after a settings change

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perf_pipelines.simulator.profiles import (
+from perf_pipelines.hardware import (
     GIB,
     KV_DTYPE_BYTES,
     WEIGHT_FORMATS,

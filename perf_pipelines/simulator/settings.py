@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from perf_pipelines.simulator.profiles import KV_DTYPE_BYTES, WEIGHT_FORMATS
+from perf_pipelines.hardware import KV_DTYPE_BYTES, WEIGHT_FORMATS
 
 
 class SettingsError(ValueError):

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
+from perf_pipelines.hardware import GIB, gpu_by_name, model_by_name
 from perf_pipelines.simulator.exposition import VLLM_BUCKETS
 from perf_pipelines.simulator.fleet import Fleet, ServerSpec
 from perf_pipelines.simulator.model import ServerModel, StartupError, Workload
-from perf_pipelines.simulator.profiles import GIB, gpu_by_name, model_by_name
 from perf_pipelines.simulator.scenarios import LLAMA_8B, LLAMA_70B, kv_pressure, queue_saturation
 from perf_pipelines.simulator.settings import SettingsError, to_knobs, validate_settings
 

@@ -1,5 +1,8 @@
 """Hardware and model profiles from public spec sheets and model configs.
 
+Shared by the simulator (capacity, roofline) and the recommender (quantization needs compute
+capability; KV arithmetic needs bytes per token).
+
 GPU figures are dense (no sparsity) tensor-core peaks from NVIDIA's data sheets; model figures
 from each model's config.json. They feed a roofline, so round numbers are enough.
 """
