@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dagster import Definitions, EnvVar
 
+from perf_pipelines.dagster_defs.analysis import (
+    bottleneck_reports,
+    no_critical_bottlenecks,
+    recommendations_consistent,
+    tuning_recommendations,
+)
 from perf_pipelines.dagster_defs.jobs import optimization_cycle, optimization_cycle_schedule
 from perf_pipelines.dagster_defs.resources import (
     AgentResource,
+    AnalysisResource,
     DatabaseResource,
     ScraperResource,
     TargetsResource,
@@ -32,6 +39,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             samples=settings.scrape_samples,
             interval_s=settings.scrape_interval_s,
         ),
+        "analysis": AnalysisResource(window_minutes=settings.analysis_window_minutes),
         "agent": AgentResource(
             agent_id=settings.agent_id,
             agent_type=settings.agent_type,
@@ -49,8 +57,13 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[metric_snapshots],
-        asset_checks=[targets_reachable, snapshot_values_valid],
+        assets=[metric_snapshots, bottleneck_reports, tuning_recommendations],
+        asset_checks=[
+            targets_reachable,
+            snapshot_values_valid,
+            no_critical_bottlenecks,
+            recommendations_consistent,
+        ],
         jobs=[optimization_cycle],
         schedules=[optimization_cycle_schedule(settings.optimization_cycle_cron)],
         resources=build_resources(settings),

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     scrape_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     scrape_samples: int = Field(3, ge=1, le=100, description="samples per target per cycle")
     scrape_interval_s: float = Field(5.0, ge=0, le=600, description="pause between samples")
+    analysis_window_minutes: float = Field(
+        15.0, gt=0, le=24 * 60, description="how far back bottleneck analysis looks"
+    )
     optimization_cycle_cron: str = "*/5 * * * *"
     health_check_cron: str = "* * * * *"
 

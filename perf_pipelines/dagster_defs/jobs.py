@@ -10,11 +10,12 @@ from dagster import (
     in_process_executor,
 )
 
+from perf_pipelines.dagster_defs.analysis import bottleneck_reports, tuning_recommendations
 from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 
 optimization_cycle = define_asset_job(
     "optimization_cycle",
-    selection=AssetSelection.assets(metric_snapshots),
+    selection=AssetSelection.assets(metric_snapshots, bottleneck_reports, tuning_recommendations),
     description="Scrape the fleet, detect bottlenecks and write tuning recommendations.",
     tags={"perf_pipelines/kind": "optimization_cycle"},
     # Every step is short and sequential (scrape, analyse, recommend); a process per step cost

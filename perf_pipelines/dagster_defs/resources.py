@@ -52,6 +52,12 @@ class ScraperResource(ConfigurableResource):
     interval_s: float = 5.0
 
 
+class AnalysisResource(ConfigurableResource):
+    """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES)."""
+
+    window_minutes: float = 15.0
+
+
 class AgentResource(ConfigurableResource):
     """Who the agent is and how it reaches the orchestrator (ORCHESTRATOR_* settings)."""
 

@@ -1,0 +1,1 @@
+"""Windows of metric snapshots turned into statistics and bottleneck reports (pure Python)."""

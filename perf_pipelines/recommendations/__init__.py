@@ -1,0 +1,1 @@
+"""Tuning recommendations in engine-native flags (pure Python)."""

@@ -1,0 +1,115 @@
+"""Writing `bottleneck_reports` and `tuning_recommendations` (with superseding)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, select, update
+
+from perf_pipelines.analysis.detection import BottleneckReport
+from perf_pipelines.recommendations.rules import Recommendation
+from perf_pipelines.storage.schema import bottleneck_reports, tuning_recommendations
+from perf_pipelines.storage.snapshots import upsert_ignore
+
+
+def write_reports(
+    connection: Connection, run_id: str, reports: Sequence[BottleneckReport], created_at: datetime
+) -> dict[tuple[str, str | None, str], int]:
+    """Insert the run's reports (a re-run adds nothing); their ids by (target, model, kind)."""
+    if reports:
+        records = [r.as_record() | {"run_id": run_id, "created_at": created_at} for r in reports]
+        connection.execute(upsert_ignore(connection, bottleneck_reports), records)
+    table = bottleneck_reports
+    rows = connection.execute(
+        select(table.c.id, table.c.target, table.c.model, table.c.kind).where(
+            table.c.run_id == run_id
+        )
+    ).all()
+    return {(row.target, row.model, row.kind): row.id for row in rows}
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    new: int
+    refreshed: int
+    superseded: int
+
+
+def _stringify(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def upsert_recommendations(
+    connection: Connection,
+    run_id: str,
+    recommendations: Sequence[Recommendation],
+    now: datetime,
+    report_ids: dict[tuple[str, str | None, str], int],
+) -> UpsertResult:
+    """Store this cycle's advice inside the caller's transaction.
+
+    The same advice again (same deterministic id) refreshes its row and keeps its status, so an
+    applied or rejected recommendation is not reopened; different advice for a (target,
+    parameter) that still has an open recommendation supersedes the older one.
+    """
+    table = tuning_recommendations
+    ids = [r.id for r in recommendations]
+    existing = (
+        set(connection.execute(select(table.c.id).where(table.c.id.in_(ids))).scalars())
+        if ids
+        else set()
+    )
+    new = refreshed = superseded = 0
+    for rec in recommendations:
+        values = {
+            "last_seen_at": now,
+            "run_id": run_id,
+            "evidence": rec.evidence,
+            "rationale": rec.rationale,
+            "expected_effect": rec.expected_effect,
+            "confidence": rec.confidence,
+            "severity": rec.severity,
+            "report_id": report_ids.get((rec.target, rec.model, rec.report_kind)),
+        }
+        if rec.id in existing:
+            connection.execute(update(table).where(table.c.id == rec.id).values(**values))
+            refreshed += 1
+            continue
+        result = connection.execute(
+            update(table)
+            .where(
+                and_(
+                    table.c.target == rec.target,
+                    table.c.parameter == rec.parameter,
+                    table.c.status == "open",
+                    table.c.id != rec.id,
+                )
+            )
+            .values(status="superseded", status_changed_at=now)
+        )
+        superseded += max(result.rowcount, 0)
+        connection.execute(
+            upsert_ignore(connection, table),
+            [
+                values
+                | {
+                    "id": rec.id,
+                    "created_at": now,
+                    "target": rec.target,
+                    "engine": rec.engine,
+                    "model": rec.model,
+                    "capability": rec.capability,
+                    "parameter": rec.parameter,
+                    "engine_flag": rec.engine_flag,
+                    "current_value": _stringify(rec.current_value),
+                    "recommended_value": str(rec.recommended_value),
+                    "status": "open",
+                    "status_changed_at": now,
+                }
+            ],
+        )
+        new += 1
+    return UpsertResult(new, refreshed, superseded)
