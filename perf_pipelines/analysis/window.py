@@ -190,13 +190,14 @@ def window_stats(
     for target_name, rows in frame.groupby("target", sort=True):
         down_rows = rows[~rows["up"].astype(bool)]
         up_rows = rows[rows["up"].astype(bool)]
-        models = sorted({m for m in up_rows["model"] if isinstance(m, str)}) or [None]
-        if up_rows.empty:
-            models = [next((m for m in rows["model"] if isinstance(m, str)), None)]
+        if up_rows.empty:  # never answered: one entry, under the model the targets file names
+            models: list[str | None] = [
+                next((m for m in rows["model"] if isinstance(m, str)), None)
+            ]
+        else:
+            models = sorted({m for m in up_rows["model"] if isinstance(m, str)}) or [None]
         for model in models:
-            mine = up_rows[up_rows["model"] == model] if model is not None else up_rows
-            if model is not None and mine.empty:
-                continue
+            mine = up_rows if model is None else up_rows[up_rows["model"] == model]
             combined = pd.concat([mine, down_rows]).sort_values("collected_at")
             results.append(
                 _stats_for(
