@@ -101,7 +101,9 @@ WEIGHT_FORMATS: dict[str, WeightFormat] = {
     "fp16": WeightFormat(2.0, "fp16"),
     "bf16": WeightFormat(2.0, "fp16"),
     "fp8": WeightFormat(1.0, "fp8", needs_fp8_hardware=True),  # W8A8 FP8
-    "w8a8-int8": WeightFormat(1.0, "int8"),
+    "w8a8_fp8": WeightFormat(1.0, "fp8", needs_fp8_hardware=True),  # SGLang's name
+    "w8a8-int8": WeightFormat(1.0, "int8"),  # vLLM's name (compressed-tensors)
+    "w8a8_int8": WeightFormat(1.0, "int8"),  # SGLang's name for the same scheme
     "awq": WeightFormat(0.53, "fp16"),  # 4-bit weight-only (+ scales)
     "gptq": WeightFormat(0.53, "fp16"),
     "q8_0": WeightFormat(1.06, "fp16"),  # llama.cpp GGUF, 8.5 bits per weight

@@ -72,6 +72,9 @@ class SimulatedServer:
                 start_time=now,
                 seed=self.seed + self.restarts,
             )
+            ttft_ms, itl_ms = spec.slo.get("ttft_p95_ms"), spec.slo.get("itl_p95_ms")
+            self.model.slo_ttft_s = None if ttft_ms is None else ttft_ms / 1000
+            self.model.slo_tpot_s = None if itl_ms is None else itl_ms / 1000
             self.startup_error = None
         except StartupError as exc:
             self.model = None
@@ -128,6 +131,8 @@ class SimulatedServer:
                 "waiting": len(model.waiting),
                 "preemptions": model.counters.preemptions,
                 "finished": model.counters.finished,
+                "finished_within_slo": model.counters.finished_within_slo,
+                "clock": model.now,
             },
             "startup_error": self.startup_error,
         }

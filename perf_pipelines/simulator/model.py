@@ -119,6 +119,7 @@ class Counters:
     preemptions: float = 0.0
     finished: float = 0.0
     finished_length: float = 0.0
+    finished_within_slo: float = 0.0  # ground truth for goodput; not exported by any engine
     rejected: float = 0.0
     aborted: float = 0.0
     decode_steps: float = 0.0
@@ -171,6 +172,9 @@ class ServerModel:
     ) -> None:
         self.gpu, self.gpus, self.model, self.knobs = gpu, knobs.gpus or gpus, model, knobs
         self.workload = workload
+        # Per-request SLO for the goodput count (TTFT and mean time per output token), seconds.
+        self.slo_ttft_s: float | None = None
+        self.slo_tpot_s: float | None = None
         self.now = start_time
         self.start_time = start_time
         self.random = np.random.default_rng(seed)
@@ -393,12 +397,24 @@ class ServerModel:
             self.running = self.running.take(~finished)
             self.e2e.observe(finish_at - ended.arrival)
             c.finished += len(ended)
+            c.finished_within_slo += self._within_slo(ended, finish_at)
             c.finished_length += float(
                 np.count_nonzero(ended.output >= self.workload.max_new_tokens)
             )
         self._preempt_if_full()
         # Freed slots are refilled at once, as a continuous-batching scheduler does.
         self._admit(dt, end)
+
+    def _within_slo(self, ended: _Requests, finish_at: np.ndarray) -> int:
+        """Finished requests whose TTFT and mean time per output token met the SLO (the
+        usual definition of goodput: DistServe, vLLM's `--goodput`)."""
+        good = np.ones(len(ended), dtype=bool)
+        if self.slo_ttft_s is not None:
+            good &= ended.first_token - ended.arrival <= self.slo_ttft_s
+        if self.slo_tpot_s is not None:
+            tpot = (finish_at - ended.first_token) / np.maximum(ended.output - 1, 1)
+            good &= tpot <= self.slo_tpot_s
+        return int(np.count_nonzero(good))
 
     def _abort_timed_out(self) -> None:
         expired = self.now - self.waiting.arrival > self.workload.client_timeout_s

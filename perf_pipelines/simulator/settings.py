@@ -66,7 +66,7 @@ SCHEMAS: dict[str, dict[str, Spec]] = {
         "schedule_conservativeness": Spec(float, 1.0, 0.1, 10.0),
         "kv_cache_dtype": Spec(str, "auto", choices=("auto", "fp8_e4m3", "fp8_e5m2", "bf16")),
         "quantization": Spec(
-            str, "fp16", choices=("fp16", "bf16", "fp8", "w8a8-int8", "awq", "gptq")
+            str, "fp16", choices=("fp16", "bf16", "fp8", "w8a8_int8", "w8a8_fp8", "awq", "gptq")
         ),
         "disable_radix_cache": Spec(bool, False),
         "tp_size": Spec(int, 1, 1, 8),
