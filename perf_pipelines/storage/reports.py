@@ -38,6 +38,10 @@ class UpsertResult:
     superseded: int
 
 
+# Statuses the agent set itself; an orchestrator's answer (applied, rejected) is never undone.
+_REOPENABLE = ("superseded", "expired")
+
+
 def _stringify(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -53,14 +57,21 @@ def upsert_recommendations(
 
     The same advice again (same deterministic id) refreshes its row and keeps its status, so an
     applied or rejected recommendation is not reopened; different advice for a (target,
-    parameter) that still has an open recommendation supersedes the older one.
+    parameter) that still has an open recommendation supersedes the older one. Advice that was
+    superseded (or expired) and is given again is current again: it is reopened and supersedes
+    whatever replaced it, so the open view never shows stale advice.
     """
     table = tuning_recommendations
     ids = [r.id for r in recommendations]
-    existing = (
-        set(connection.execute(select(table.c.id).where(table.c.id.in_(ids))).scalars())
+    existing: dict[str, str] = (
+        {
+            row.id: row.status
+            for row in connection.execute(
+                select(table.c.id, table.c.status).where(table.c.id.in_(ids))
+            )
+        }
         if ids
-        else set()
+        else {}
     )
     new = refreshed = superseded = 0
     for rec in recommendations:
@@ -74,7 +85,8 @@ def upsert_recommendations(
             "severity": rec.severity,
             "report_id": report_ids.get((rec.target, rec.model, rec.report_kind)),
         }
-        if rec.id in existing:
+        status = existing.get(rec.id)
+        if status is not None and status not in _REOPENABLE:
             connection.execute(update(table).where(table.c.id == rec.id).values(**values))
             refreshed += 1
             continue
@@ -91,6 +103,14 @@ def upsert_recommendations(
             .values(status="superseded", status_changed_at=now)
         )
         superseded += max(result.rowcount, 0)
+        if status is not None:  # given again after it was superseded or expired: reopen it
+            connection.execute(
+                update(table)
+                .where(table.c.id == rec.id)
+                .values(**values, status="open", status_changed_at=now)
+            )
+            refreshed += 1
+            continue
         connection.execute(
             upsert_ignore(connection, table),
             [
