@@ -17,7 +17,9 @@ from perf_pipelines.analysis.window import WindowStats, finite
 from perf_pipelines.targets import Target
 
 MIN_UP_SAMPLES = 3  # fewer successful scrapes: too thin to call anything but "down"
-MIN_SPAN_S = 10.0  # rates over a shorter span are noise
+# Rates over a shorter span are noise. The default run (3 samples 5 s apart) spans a nominal 10 s
+# but measures a little less: the first round also opens the connections.
+MIN_SPAN_S = 8.0
 MIN_LATENCY_OBSERVATIONS = 20  # a p95 needs at least this many requests/tokens in the window
 SUSTAINED_SHARE = 0.5  # a condition must hold in at least half of the samples
 KV_PRESSURE_USAGE = 0.90  # vLLM starts preempting when free blocks run out; 90 % leaves no headroom
@@ -25,6 +27,10 @@ KV_CRITICAL_USAGE = 0.97
 PREEMPTION_CRITICAL_PER_S = 0.5
 BATCH_LIMIT_NEAR = 0.95  # running at ≥ 95 % of the cap counts as "at the limit"
 UNDERUSED_RUNNING_SHARE = 0.10  # at most 10 % of the batch cap in use…
+# …and at most two requests at a time on average: a continuous-batching engine serving fewer is
+# reading its weights for one or two sequences per step, its GPU mostly idle. A server with a
+# modest steady load (say 20 of 256 slots) is not idle just because its cap is generous.
+UNDERUSED_RUNNING_MEAN = 2.0
 UNDERUSED_KV = 0.30  # …and under 30 % of KV, with nobody waiting
 SLO_CRITICAL_FACTOR = 2.0
 
@@ -250,7 +256,11 @@ def _underutilization(stats: WindowStats) -> BottleneckReport | None:
     kv = stats.kv_usage[~np.isnan(stats.kv_usage)] if len(stats.kv_usage) else np.array([])
     idle = (running <= UNDERUSED_RUNNING_SHARE * stats.batch_limit) & (waiting == 0)
     share = _share(idle)
-    if share < 0.8 or (len(kv) and float(np.max(kv)) >= UNDERUSED_KV):
+    if (
+        share < 0.8
+        or float(np.mean(running)) > UNDERUSED_RUNNING_MEAN
+        or (len(kv) and float(np.max(kv)) >= UNDERUSED_KV)
+    ):
         return None
     evidence = {
         "running_mean": _r(float(np.mean(running)), 2),

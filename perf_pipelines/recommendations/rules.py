@@ -153,6 +153,11 @@ def _current(stats: WindowStats, engine: str, parameter: str) -> tuple[Any, bool
     return DEFAULTS.get(engine, {}).get(parameter), False
 
 
+def _assumed(engine: str, known: bool) -> str:
+    """The rationale's note when the current value is the engine's default, not a known value."""
+    return "" if known else f" (current value assumed to be the {engine} default)"
+
+
 def _confidence(report: BottleneckReport, known: bool, base: float = 0.55) -> float:
     value = base + 0.4 * report.score
     return round(min(0.95, value if known else value * 0.8), 3)
@@ -240,7 +245,8 @@ def _fp8_kv_rule(
         current,
         FP8_KV[engine],
         f"{report.summary} The memory fraction is already at its ceiling; store the KV cache in "
-        f"FP8 on this {gpu.name} (compute capability {gpu.compute_capability}). {QUALITY_NOTE}",
+        f"FP8 on this {gpu.name} (compute capability {gpu.compute_capability}), from "
+        f"{current}{_assumed(engine, known)}. {QUALITY_NOTE}",
         report.evidence,
         effect,
         _confidence(report, known, base=0.45),
@@ -269,8 +275,8 @@ def _sglang_conservativeness_rule(
         current,
         new,
         f"{report.summary} SGLang retracts requests when its admission is too optimistic about "
-        f"growth; raise --schedule-conservativeness from {current} to {new} so fewer are "
-        "retracted.",
+        f"growth; raise --schedule-conservativeness from {current} to {new}"
+        f"{_assumed('sglang', known)} so fewer are retracted.",
         report.evidence,
         "fewer retractions at slightly lower concurrency",
         _confidence(report, known, 0.45),
@@ -290,6 +296,13 @@ def _batch_rule(
     current, known = _current(stats, engine, parameter)
     if current is None and stats.batch_limit is not None:
         current, known = stats.batch_limit, True
+    assumed = _assumed(engine, known)
+    plateau = report.evidence.get("batch_limit") if report.evidence.get("limit_inferred") else None
+    if not known and current is not None and isinstance(plateau, int | float) and plateau > 0:
+        # Running pinned at a plateau with a queue behind it: that is the cap in force, not the
+        # engine default (stepping from the default could be far more than ×2 from the truth).
+        current = int(plateau) if float(plateau).is_integer() else plateau
+        assumed = " (current value inferred from the running plateau, not configured)"
     if not isinstance(current, int | float) or current <= 0:
         return None
     flag = FLAGS[(engine, parameter)]
@@ -340,7 +353,7 @@ def _batch_rule(
             f"{report.summary} Decode steps slow down as the batch grows; the ITL SLO takes "
             f"priority over throughput: lower {flag} from {current:g} to {new}."
         )
-    source = "" if known else f" (current value assumed to be the {engine} default)"
+    source = assumed
     return Recommendation(
         stats.target,
         engine,
@@ -360,19 +373,33 @@ def _batch_rule(
     )
 
 
+def _prefill_bound(report: BottleneckReport) -> bool:
+    """A TTFT breach where waiting in the queue is not the larger part of the time."""
+    queue_ms = report.evidence.get("queue_p95_ms")
+    ttft_ms = report.evidence.get("ttft_p95_ms") or 0.0
+    return queue_ms is None or queue_ms <= 0.5 * ttft_ms
+
+
 def _prefill_rule(stats: WindowStats, report: BottleneckReport) -> Recommendation | None:
     """TTFT breach not caused by queueing: prefill is too slow, give it a bigger token budget."""
     engine = stats.engine or ""
     parameter = PREFILL_PARAMETER.get(engine)
     queue_ms = report.evidence.get("queue_p95_ms")
-    ttft_ms = report.evidence.get("ttft_p95_ms") or 0.0
-    if parameter is None or (queue_ms is not None and queue_ms > 0.5 * ttft_ms):
+    if parameter is None or not _prefill_bound(report):
         return None  # waiting dominates TTFT: capacity, not prefill speed, is the problem
     current, known = _current(stats, engine, parameter)
     if not isinstance(current, int | float) or current >= 65536:
         return None
+    prompts, finished = stats.increases.get("prompt_tokens"), stats.increases.get("finished")
+    if prompts is not None and finished and prompts / finished <= current:
+        return None  # the average prompt already fits in one step: a bigger budget changes nothing
     new = int(current * MAX_BATCH_FACTOR)
     flag = FLAGS[(engine, parameter)]
+    queue = (
+        f"queue p95 {queue_ms:.0f} ms"
+        if queue_ms is not None
+        else "nobody waits at the batch limit; queue time not measured"
+    )
     return Recommendation(
         stats.target,
         engine,
@@ -382,8 +409,8 @@ def _prefill_rule(stats: WindowStats, report: BottleneckReport) -> Recommendatio
         flag,
         current,
         new,
-        f"{report.summary} Queueing is not the cause (queue p95 {queue_ms or 0:.0f} ms): long "
-        f"prompts are prefilled in chunks of {current:g} tokens; raise {flag} to {new} so each "
+        f"{report.summary} Queueing is not the cause ({queue}): long prompts are prefilled in "
+        f"chunks of {current:g} tokens{_assumed(engine, known)}; raise {flag} to {new} so each "
         "prompt needs fewer steps.",
         report.evidence,
         "lower TTFT for long prompts; slightly higher ITL while prompts are prefilled",
@@ -446,7 +473,8 @@ def _quantization_rule(
         FLAGS[(engine, parameter)],
         current,
         new,
-        f"{report.summary} Serve the model as {scheme}. {QUALITY_NOTE}",
+        f"{report.summary} Serve the model as {scheme} instead of {current}"
+        f"{_assumed(engine, known)}. {QUALITY_NOTE}",
         report.evidence | {"gpu": gpu.name, "compute_capability": gpu.compute_capability},
         effect,
         _confidence(report, known, base=0.35),
@@ -498,7 +526,12 @@ def recommend(
             and "queue_saturation" not in found
             and kv is None
         ):
-            candidates.append(_prefill_rule(stats, found["ttft_slo_breach"]))
+            ttft = found["ttft_slo_breach"]
+            candidates.append(_prefill_rule(stats, ttft))
+            # Prefill is compute-bound: lower-precision tensor cores shorten it where queueing
+            # is not the cause.
+            if _prefill_bound(ttft):
+                candidates.append(_quantization_rule(stats, ttft, target))
         chosen: dict[str, Recommendation] = {}
         for candidate in candidates:
             if candidate is not None and candidate.parameter not in chosen:
