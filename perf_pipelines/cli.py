@@ -18,7 +18,10 @@ from perf_pipelines.logs import configure_logging
 from perf_pipelines.settings import Settings, SettingsError, load_settings
 
 # name -> "module:attribute" of a click command defined next to the code it drives
-_LAZY_COMMANDS: dict[str, str] = {"fleet": "perf_pipelines.simulator.cli:fleet"}
+_LAZY_COMMANDS: dict[str, str] = {
+    "fleet": "perf_pipelines.simulator.cli:fleet",
+    "evaluate": "perf_pipelines.evaluation.cli:evaluate_command",
+}
 
 
 class _LazyGroup(click.Group):
