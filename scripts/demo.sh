@@ -10,8 +10,9 @@ export PERF_HOME="${PERF_HOME:-$PWD/.perf_home}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$PERF_HOME/dagster}"
 export PERF_TARGETS="${PERF_TARGETS:-$PERF_HOME/targets.yaml}"
 FLEET_PORT="${FLEET_PORT:-9400}"
-mkdir -p "$DAGSTER_HOME"
+mkdir -p "$DAGSTER_HOME/.nux"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+echo "seen: 1" >"$DAGSTER_HOME/.nux/nux.yaml"  # skip the UI's first-visit newsletter pop-up
 
 .venv/bin/perf-pipelines fleet --scenario mixed --port "$FLEET_PORT" \
   --write-targets "$PERF_TARGETS" >"$PERF_HOME/fleet.log" 2>&1 &
