@@ -269,4 +269,20 @@ Detection over all servers: precision **{evaluation.precision:.2f}**, recall
 ## Oracle against the agent
 
 {oracle_table}
+
+## What this does not show
+
+- The simulator is the judge: a step that helps here helps on hardware only as far as the
+  simulator's roofline and scheduler are right ([simulator.md](simulator.md) says where they
+  are coarse; e.g. the prefill chunk size barely changes its TTFT, so raising it is scored as
+  neither help nor harm).
+- Each scenario has one root cause. In most of them the oracle's ceiling is the offered load
+  (every request within the SLO), so "100 %" means the agent got there, not that it found a
+  global optimum; where the ceiling is below the load (the long-prompt TTFT scenario) the
+  oracle is the real bar.
+- Ground truth lists the conditions the scenario produces, including consequences (a TTFT
+  breach behind a runaway queue), as checked in the simulator's state; it was not derived
+  independently of the metrics the agent reads.
+- The oracle may pick quantization, whose effect on output quality no metric shows; the agent
+  only advises it with a note to validate quality first.
 """
