@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need_debian_packages() {
   local missing=()
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  # Real peers for the tests: Prometheus as a metrics source, Redis for the health check.
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ]; then
       echo "installing Debian packages: ${missing[*]}"
