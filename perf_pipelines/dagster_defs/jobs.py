@@ -11,12 +11,18 @@ from dagster import (
 )
 
 from perf_pipelines.dagster_defs.analysis import bottleneck_reports, tuning_recommendations
+from perf_pipelines.dagster_defs.outcomes import recommendation_outcomes
 from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 
 optimization_cycle = define_asset_job(
     "optimization_cycle",
-    selection=AssetSelection.assets(metric_snapshots, bottleneck_reports, tuning_recommendations),
-    description="Scrape the fleet, detect bottlenecks and write tuning recommendations.",
+    selection=AssetSelection.assets(
+        metric_snapshots, bottleneck_reports, tuning_recommendations, recommendation_outcomes
+    ),
+    description=(
+        "Scrape the fleet, detect bottlenecks, write tuning recommendations, and judge the "
+        "outcome of advice the orchestrator applied."
+    ),
     tags={"perf_pipelines/kind": "optimization_cycle"},
     # Every step is short and sequential (scrape, analyse, recommend); a process per step cost
     # ~2.5 s each on these machines for no parallelism gained.

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pandas as pd
 
 from perf_pipelines.analysis.detection import detect
+from perf_pipelines.analysis.outcomes import evaluate_outcome
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.collection.collector import ScrapeLimits, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
@@ -26,6 +27,7 @@ from perf_pipelines.recommendations.rules import Recommendation, recommend
 from perf_pipelines.simulator.fleet import Fleet, ServerSpec
 from perf_pipelines.simulator.http import run_fleet_in_thread
 from perf_pipelines.simulator.scenarios import targets_for
+from perf_pipelines.storage.snapshots import SnapshotRow
 from perf_pipelines.targets import Target, parse_targets
 
 # llama.cpp sets the K and V cache types with two flags; the advice names them together.
@@ -42,6 +44,9 @@ class Iteration:
     observed_goodput_rps: float  # measured in the loop's own window (one random draw)
     applied: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # setting -> why the server refused
+    # The agent's own verdict (outcome tracking) on the step applied in the iteration before,
+    # judged from this window against the one before the change.
+    outcome_of_previous_step: str | None = None
 
 
 @dataclass
@@ -54,26 +59,30 @@ class LoopResult:
         return self.iterations[-1].settings
 
 
-def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
+def snapshot_frame(rows: list[SnapshotRow]) -> pd.DataFrame:
+    """Rows as `load_snapshots` returns them."""
+    frame = pd.DataFrame([row.as_record() for row in rows])
     frame["collected_at"] = pd.to_datetime(frame["collected_at"], utc=True)
     return frame
 
 
-def _scrape_window(
-    fleet: Fleet, targets: list[Target], config: EvaluationConfig, samples: int, label: str
-) -> list[dict[str, Any]]:
-    """`samples` scrapes `scrape_interval_s` apart on the fleet's clock, as snapshot records."""
+def scrape_window(
+    fleet: Fleet, targets: list[Target], samples: int, interval_s: float, label: str
+) -> list[SnapshotRow]:
+    """`samples` scrapes over HTTP, `interval_s` apart on the fleet's virtual clock; each row
+    carries the simulated time of its scrape."""
     limits = ScrapeLimits(timeout_s=10.0, concurrency=16)
-    records: list[dict[str, Any]] = []
+    rows: list[SnapshotRow] = []
     for index in range(samples):
         if index:
-            advance(fleet, config.scrape_interval_s)
+            advance(fleet, interval_s)
         simulated_at = datetime.fromtimestamp(fleet.now(), UTC)
         (results,) = asyncio.run(collect(targets, limits, samples=1))
-        for row in rows_from_rounds(f"{label}-{index}", [results]):
-            records.append(dataclasses.replace(row, collected_at=simulated_at).as_record())
-    return records
+        rows.extend(
+            dataclasses.replace(row, collected_at=simulated_at)
+            for row in rows_from_rounds(f"{label}-{index}", [results])
+        )
+    return rows
 
 
 def _apply(
@@ -107,12 +116,16 @@ def run_closed_loop(specs: list[ServerSpec], config: EvaluationConfig) -> list[L
     with run_fleet_in_thread(fleet) as base_url, httpx.Client(base_url=base_url) as client:
         targets = parse_targets(targets_for(specs, base_url))
         settled = set[str]()  # servers the agent had nothing more to say about
+        changed_at: dict[str, tuple[pd.DataFrame, datetime]] = {}  # window before, when applied
+        window, settle = timedelta(seconds=config.window_s), timedelta(seconds=config.warmup_s)
         for iteration in range(config.max_iterations + 1):
             advance(fleet, config.warmup_s)
             before = {name: _state(client, name) for name in results}
-            records = _scrape_window(fleet, targets, config, samples, f"it{iteration}")
+            rows = scrape_window(
+                fleet, targets, samples, config.scrape_interval_s, f"it{iteration}"
+            )
             after = {name: _state(client, name) for name in results}
-            frame = _frame(records)
+            frame = snapshot_frame(rows)
             target_map = {t.name: t for t in targets}
             stats = window_stats(
                 frame, target_map, frame["collected_at"].min(), frame["collected_at"].max()
@@ -132,11 +145,24 @@ def run_closed_loop(specs: list[ServerSpec], config: EvaluationConfig) -> list[L
                     observed_goodput_rps=_goodput(before[name], after[name]),
                 )
                 result.iterations.append(step)
+                if name in changed_at:
+                    earlier, applied_at = changed_at.pop(name)
+                    step.outcome_of_previous_step = evaluate_outcome(
+                        pd.concat([earlier, frame]),
+                        target_map[name],
+                        name,
+                        None,
+                        applied_at,
+                        window,
+                        settle,
+                    ).outcome
                 if not mine:
                     settled.add(name)
                 elif not last:
                     step.applied, step.rejected = _apply(client, result.spec, mine)
                     applied[name] = step.applied
+                    if step.applied:
+                        changed_at[name] = (frame, datetime.fromtimestamp(fleet.now(), UTC))
             if settled == set(results):
                 break
             # The operator who applied a change records it in the targets file's known settings.

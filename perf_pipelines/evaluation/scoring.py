@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from perf_pipelines import __version__
-from perf_pipelines.evaluation.closed_loop import LoopResult, run_closed_loop
+from perf_pipelines.evaluation.closed_loop import Iteration, LoopResult, run_closed_loop
 from perf_pipelines.evaluation.harness import (
     EvaluationConfig,
     Goodput,
@@ -68,6 +68,27 @@ class ServerScore:
         return 1.0 if best <= 0 else self.final.goodput_rps / best
 
     @property
+    def outcome_agreement(self) -> list[tuple[str | None, str]]:
+        """Per applied step: the agent's outcome verdict from metrics, and the truth from
+        goodput (improved / regressed beyond the tolerance, else no_change)."""
+        pairs = []
+        iterations = self.loop.iterations
+        applied = [k for k, it in enumerate(iterations) if it.applied]
+        for index, k in enumerate(applied, start=1):
+            if k + 1 >= len(iterations):
+                break  # applied in the last window: nothing measured after it
+            verdict = iterations[k + 1].outcome_of_previous_step
+            before, after = self.path[index - 1].goodput_rps, self.path[index].goodput_rps
+            if after > (1 + REGRESSION_TOLERANCE) * before:
+                truth = "improved"
+            elif after < (1 - REGRESSION_TOLERANCE) * before:
+                truth = "regressed"
+            else:
+                truth = "no_change"
+            pairs.append((verdict, truth))
+        return pairs
+
+    @property
     def regressions(self) -> list[int]:
         """Steps (1-based) whose settings lost more than the tolerance against the step before."""
         return [
@@ -100,6 +121,10 @@ class Evaluation:
     def f1(self) -> float:
         p, r = self.precision, self.recall
         return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+    @property
+    def outcome_pairs(self) -> list[tuple[str | None, str]]:
+        return [pair for score in self.scores for pair in score.outcome_agreement]
 
     @property
     def goals_met(self) -> dict[str, bool]:
@@ -141,6 +166,14 @@ def evaluate(scenarios: Sequence[str], config: EvaluationConfig) -> Evaluation:
                 )
             )
     return evaluation
+
+
+def _verdict_after(iterations: list[Iteration], index: int) -> str:
+    if not iterations[index].applied:
+        return "–"
+    if index + 1 >= len(iterations):
+        return "not measured (last window)"
+    return iterations[index + 1].outcome_of_previous_step or "not judged"
 
 
 def _changes(engine: str, before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -191,6 +224,7 @@ def to_markdown(evaluation: Evaluation, command: str) -> str:
                         f"{rec.current_value} → {rec.recommended_value}",
                         f"{rec.confidence:.2f}",
                         "applied" if it.applied else ("refused" if it.rejected else "not applied"),
+                        _verdict_after(s.loop.iterations, index),
                     ]
                 )
     oracle_rows = [
@@ -219,11 +253,26 @@ def to_markdown(evaluation: Evaluation, command: str) -> str:
         ["scenario", "server", "expected", "detected", "TP", "FP", "FN"], detection_rows
     )
     advice_table = markdown_table(
-        ["server", "iteration", "detected", "flag", "change", "confidence", "outcome"],
+        [
+            "server",
+            "iteration",
+            "detected",
+            "flag",
+            "change",
+            "confidence",
+            "outcome",
+            "agent's verdict after",
+        ],
         advice_rows,
     )
     oracle_table = markdown_table(
         ["server", "points tried", "oracle's settings", "agent's final settings"], oracle_rows
+    )
+    pairs = evaluation.outcome_pairs
+    matching = sum(1 for verdict, truth in pairs if verdict == truth)
+    disagreements = "; ".join(f"said {v or 'nothing'}, truth {t}" for v, t in pairs if v != t)
+    agreement = f"{matching} of {len(pairs)} steps judged as the goodput moved" + (
+        f" ({disagreements})" if disagreements else ""
     )
     goals = "\n".join(
         f"- {'met' if met else '**not met**'}: {goal}" for goal, met in evaluation.goals_met.items()
@@ -253,6 +302,9 @@ each step, each oracle candidate) is scored the same way: a fresh server with th
 Detection over all servers: precision **{evaluation.precision:.2f}**, recall
 **{evaluation.recall:.2f}**, F1 **{evaluation.f1:.2f}** (ground truth: each scenario's
 `expected_bottlenecks`, scored on the first window, before any change).
+
+Outcome tracking (the agent's own verdict on each applied step, from metrics alone, against the
+goodput the harness measured): {agreement}.
 
 ## Goodput (requests/s within the SLO)
 

@@ -133,3 +133,60 @@ def upsert_recommendations(
         )
         new += 1
     return UpsertResult(new, refreshed, superseded)
+
+
+@dataclass(frozen=True)
+class AppliedRecommendation:
+    id: str
+    target: str
+    model: str | None
+    engine_flag: str
+    recommended_value: str
+    applied_at: datetime
+
+
+def awaiting_outcome(connection: Connection, ready_before: datetime) -> list[AppliedRecommendation]:
+    """Applied advice without an outcome yet, applied before `ready_before` (so that the window
+    after the change is complete by now)."""
+    table = tuning_recommendations
+    rows = connection.execute(
+        select(
+            table.c.id,
+            table.c.target,
+            table.c.model,
+            table.c.engine_flag,
+            table.c.recommended_value,
+            table.c.status_changed_at,
+        )
+        .where(
+            table.c.status == "applied",
+            table.c.outcome.is_(None),
+            table.c.outcome_evidence.is_(None),  # judged already, with too little data
+            table.c.status_changed_at <= ready_before,
+        )
+        .order_by(table.c.status_changed_at)
+    ).all()
+    return [
+        AppliedRecommendation(
+            r.id, r.target, r.model, r.engine_flag, r.recommended_value, r.status_changed_at
+        )
+        for r in rows
+    ]
+
+
+def record_outcome(
+    connection: Connection, rec_id: str, outcome: str | None, evidence: dict[str, Any]
+) -> None:
+    """Store the verdict once. An outcome of None (too little data around the change) is kept
+    with its reason and not retried: the windows it needed are in the past."""
+    table = tuning_recommendations
+    connection.execute(
+        update(table)
+        .where(
+            table.c.id == rec_id,
+            table.c.status == "applied",
+            table.c.outcome.is_(None),
+            table.c.outcome_evidence.is_(None),
+        )
+        .values(outcome=outcome, outcome_evidence=evidence)
+    )

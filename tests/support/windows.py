@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Histogram
+from perf_pipelines.evaluation.closed_loop import snapshot_frame
 from perf_pipelines.storage.snapshots import SnapshotRow
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -46,11 +47,9 @@ def frame(
                 scrape_ms=5.0,
                 body_bytes=1000,
                 snapshot=snapshot,
-            ).as_record()
+            )
         )
-    result = pd.DataFrame(rows)
-    result["collected_at"] = pd.to_datetime(result["collected_at"], utc=True)
-    return result
+    return snapshot_frame(rows)
 
 
 def window_bounds(data: pd.DataFrame) -> tuple[datetime, datetime]:
