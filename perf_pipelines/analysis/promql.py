@@ -4,31 +4,39 @@ sees in Grafana for the same window."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import Any
 
+import numpy as np
 
-def counter_increase(values: Sequence[float | None]) -> float | None:
+
+def increases(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
+    """The increase of each consecutive pair of present samples (a reset counts its new value).
+
+    Missing samples (None or NaN) are skipped, not read as zero.
+    """
+    samples = np.asarray(values, dtype=float)
+    present = samples[~np.isnan(samples)]
+    previous, current = present[:-1], present[1:]
+    return np.where(current >= previous, current - previous, current)
+
+
+def counter_increase(values: Sequence[float | None] | np.ndarray) -> float | None:
     """Total increase of a counter over consecutive samples, treating a drop as a restart.
 
     Like PromQL `increase()` without extrapolation: after a reset the new value counts from 0.
     None where the counter was never exported.
     """
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    if len(present) < 2:
+    steps = increases(values)
+    if len(steps) == 0:
         return None
-    total = 0.0
-    for previous, current in pairwise(present):
-        total += current - previous if current >= previous else current
-    return total
+    # cumsum adds left to right, as a loop would: np.sum pairs terms and can round differently.
+    return float(np.cumsum(steps)[-1])
 
 
-def interval_increases(values: Sequence[float | None]) -> list[float]:
+def interval_increases(values: Sequence[float | None] | np.ndarray) -> list[float]:
     """The increase of each consecutive pair (a reset counts its new value)."""
-    present = [v for v in values if v is not None and not math.isnan(v)]
-    return [c - p if c >= p else c for p, c in pairwise(present)]
+    return increases(values).tolist()  # type: ignore[no-any-return]
 
 
 def histogram_delta(
