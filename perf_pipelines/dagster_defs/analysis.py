@@ -58,7 +58,9 @@ def bottleneck_reports(
     start = end - timedelta(minutes=analysis.window_minutes)
     engine = database.get_engine()
     with engine.connect() as connection:
-        frame = load_snapshots(connection, start, end, targets=list(target_map))
+        frame = load_snapshots(
+            connection, start, end, targets=list(target_map), decode_histograms=False
+        )
     stats = window_stats(frame, target_map, start, end)
     detection = detect(stats, target_map)
     with engine.begin() as connection:
@@ -141,7 +143,9 @@ def tuning_recommendations(
         reports = _reports_of_run(connection, run_id)
         if reports:
             start, end = reports[0].window_start, reports[0].window_end
-            frame = load_snapshots(connection, start, end, targets=list(target_map))
+            frame = load_snapshots(
+                connection, start, end, targets=list(target_map), decode_histograms=False
+            )
         else:
             frame = None
     recommendations = []

@@ -1,8 +1,10 @@
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, func, insert, inspect, select, text
 
+from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Histogram
 from perf_pipelines.storage.db import (
     current_revision,
@@ -24,7 +26,12 @@ def _row(sample: int, target: str = "vllm-a", model: str | None = "llama", up: b
         requests_waiting=0,
         kv_cache_usage=0.42,
         prompt_tokens_total=1000.0 * (sample + 1),
-        ttft_seconds=Histogram(bounds=(0.1, 0.5), cumulative=(3, 8, 9), sum=2.5, count=9),
+        ttft_seconds=Histogram(
+            bounds=(0.1, 0.5),
+            cumulative=tuple(c * (sample + 1) for c in (3, 8, 9)),
+            sum=2.5 * (sample + 1),
+            count=9 * (sample + 1),
+        ),
         settings={"gpu_memory_utilization": 0.9, "enable_prefix_caching": True},
     )
     return SnapshotRow(
@@ -87,6 +94,34 @@ def test_rows_round_trip_with_nulls_histograms_and_utc(db_engine: Engine) -> Non
     assert first.preemptions_total is None or first.preemptions_total != first.preemptions_total
     down = frame[frame.target == "tgi-b"].iloc[0]
     assert not down.up and down.error == "timeout after 5s"
+
+
+def test_histograms_can_stay_json_text_and_analyse_the_same(db_engine: Engine) -> None:
+    """The analysis assets load without decoding every histogram; the statistics are equal."""
+    ensure_schema(db_engine)
+    rows = [_row(0), _row(1), _row(2), _row(0, target="tgi-b", model=None, up=False)]
+    with db_engine.begin() as connection:
+        insert_snapshots(connection, rows)
+    with db_engine.connect() as connection:
+        decoded = load_snapshots(connection, since=T0 - timedelta(minutes=1))
+        text_frame = load_snapshots(
+            connection, since=T0 - timedelta(minutes=1), decode_histograms=False
+        )
+    first = text_frame[(text_frame.target == "vllm-a") & (text_frame.sample_index == 0)].iloc[0]
+    assert isinstance(first.ttft_seconds, str)
+    assert json.loads(first.ttft_seconds) == decoded.ttft_seconds[first.name]
+    assert text_frame[text_frame.target == "tgi-b"].ttft_seconds.iloc[0] is None
+    assert first.settings == {"gpu_memory_utilization": 0.9, "enable_prefix_caching": True}
+    bounds = (T0 - timedelta(minutes=1), T0 + timedelta(minutes=1))
+    from_text, from_dicts = (
+        window_stats(text_frame, {}, *bounds),
+        window_stats(decoded, {}, *bounds),
+    )
+    assert len(from_text) == len(from_dicts) == 2
+    for a, b in zip(from_text, from_dicts, strict=True):
+        assert (a.quantiles, a.observations, a.rates) == (b.quantiles, b.observations, b.rates)
+    vllm = next(stats for stats in from_text if stats.target == "vllm-a")
+    assert vllm.observations["ttft"] == 18 and vllm.quantiles["ttft_p95"] is not None
 
 
 def test_reinserting_a_run_is_idempotent(db_engine: Engine) -> None:
