@@ -24,9 +24,10 @@ from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, coll
 from perf_pipelines.collection.rounds import rows_from_rounds
 from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
 from perf_pipelines.formatting import format_value, markdown_table
+from perf_pipelines.sources.cycle import read_cycle, targets_needing_backfill
 from perf_pipelines.storage.schema import metric_snapshots as metric_snapshots_table
-from perf_pipelines.storage.snapshots import insert_snapshots
-from perf_pipelines.targets import TargetsError
+from perf_pipelines.storage.snapshots import SnapshotRow, insert_snapshots
+from perf_pipelines.targets import Target, TargetsError
 
 _PREVIEW_ROWS = 25
 
@@ -57,7 +58,8 @@ def _preview(results: list[ScrapeResult]) -> str:
     kinds={"python", "sql"},
     description=(
         "Scrapes /metrics of every target in PERF_TARGETS (SCRAPE_SAMPLES rounds, "
-        "SCRAPE_INTERVAL_S apart) and appends canonical rows to the `metric_snapshots` table."
+        "SCRAPE_INTERVAL_S apart), or reads the same series from PROMETHEUS_URL when set, and "
+        "appends canonical rows to the `metric_snapshots` table."
     ),
 )
 def metric_snapshots(
@@ -74,22 +76,30 @@ def metric_snapshots(
         raise Failure(
             description="no targets configured: set PERF_TARGETS to a targets YAML file",
         )
-    limits = ScrapeLimits(
-        timeout_s=scraper.timeout_s, concurrency=scraper.concurrency, max_bytes=scraper.max_bytes
-    )
-    rounds = asyncio.run(collect(target_list, limits, scraper.samples, scraper.interval_s))
-    rows = rows_from_rounds(context.run.run_id, rounds)
+    source_metadata: dict[str, MetadataValue] = {"source": MetadataValue.text("scrape")}
+    if scraper.prometheus_url:
+        rows, last_round, samples, source_metadata = _read_prometheus(
+            context, database, scraper, target_list
+        )
+    else:
+        limits = ScrapeLimits(
+            timeout_s=scraper.timeout_s,
+            concurrency=scraper.concurrency,
+            max_bytes=scraper.max_bytes,
+        )
+        rounds = asyncio.run(collect(target_list, limits, scraper.samples, scraper.interval_s))
+        rows = rows_from_rounds(context.run.run_id, rounds)
+        last_round, samples = rounds[-1], len(rounds)
     # One transaction for the whole run: a failure leaves no partial rows behind.
     with database.get_engine().begin() as connection:
         inserted = insert_snapshots(connection, rows)
 
-    last_round = rounds[-1]
     down = [r for r in last_round if not r.up]
     engines = Counter(r.engine.value for r in last_round if r.engine)
     for result in down:
         context.log.warning(f"target {result.target.name} is down: {result.error}")
     context.log.info(
-        f"scraped {len(target_list)} targets × {len(rounds)} samples: "
+        f"scraped {len(target_list)} targets × {samples} samples: "
         f"{len(target_list) - len(down)} up, {len(down)} down, {inserted} rows stored"
     )
     return MaterializeResult(
@@ -97,12 +107,44 @@ def metric_snapshots(
             "targets_total": MetadataValue.int(len(target_list)),
             "targets_up": MetadataValue.int(len(target_list) - len(down)),
             "targets_down": MetadataValue.int(len(down)),
-            "samples": MetadataValue.int(len(rounds)),
+            "samples": MetadataValue.int(samples),
             "rows_inserted": MetadataValue.int(inserted),
             "engines": MetadataValue.json(dict(engines)),
             "preview": MetadataValue.md(_preview(last_round)),
+            **source_metadata,
         }
     )
+
+
+def _read_prometheus(
+    context: AssetExecutionContext,
+    database: DatabaseResource,
+    scraper: ScraperResource,
+    target_list: list[Target],
+) -> tuple[list[SnapshotRow], list[ScrapeResult], int, dict[str, MetadataValue]]:
+    """The cycle's rows from PROMETHEUS_URL, with history for targets seen the first time."""
+    with database.get_engine().connect() as connection:
+        first_use = targets_needing_backfill(connection, [t.name for t in target_list])
+    cycle = read_cycle(
+        scraper.prometheus_config(),
+        target_list,
+        context.run.run_id,
+        samples=scraper.samples,
+        interval_s=scraper.interval_s,
+        backfill_targets=first_use,
+        backfill_minutes=scraper.prometheus_backfill_minutes,
+        backfill_step_s=scraper.prometheus_backfill_step_s,
+    )
+    for name, notes in cycle.warnings.items():
+        context.log.warning(f"target {name}: " + "; ".join(notes))
+    for name, error in cycle.backfill_errors.items():
+        context.log.warning(f"target {name}: back-fill failed: {error}")
+    metadata: dict[str, MetadataValue] = {
+        "source": MetadataValue.text("prometheus"),
+        "rows_backfilled": MetadataValue.int(len(cycle.backfill_rows)),
+        "prometheus_warnings": MetadataValue.json(cycle.warnings),
+    }
+    return cycle.rows + cycle.backfill_rows, cycle.latest, cycle.samples, metadata
 
 
 @asset_check(
