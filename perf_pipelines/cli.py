@@ -21,6 +21,8 @@ from perf_pipelines.settings import Settings, SettingsError, load_settings
 _LAZY_COMMANDS: dict[str, str] = {
     "fleet": "perf_pipelines.simulator.cli:fleet",
     "evaluate": "perf_pipelines.evaluation.cli:evaluate_command",
+    "prometheus": "perf_pipelines.sources.cli:prometheus",
+    "sidecar": "perf_pipelines.sidecar.cli:sidecar",
 }
 
 

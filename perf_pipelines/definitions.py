@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from dagster import Definitions, EnvVar
+from pydantic import SecretStr
 
 from perf_pipelines.dagster_defs.analysis import (
     bottleneck_reports,
@@ -10,7 +14,14 @@ from perf_pipelines.dagster_defs.analysis import (
     recommendations_consistent,
     tuning_recommendations,
 )
+from perf_pipelines.dagster_defs.health import (
+    HealthResource,
+    agent_health,
+    health_check,
+    health_check_schedule,
+)
 from perf_pipelines.dagster_defs.jobs import optimization_cycle, optimization_cycle_schedule
+from perf_pipelines.dagster_defs.outcomes import no_regressions, recommendation_outcomes
 from perf_pipelines.dagster_defs.resources import (
     AgentResource,
     AnalysisResource,
@@ -18,12 +29,21 @@ from perf_pipelines.dagster_defs.resources import (
     ScraperResource,
     TargetsResource,
 )
+from perf_pipelines.dagster_defs.sensors import orchestrator_heartbeat_sensor
 from perf_pipelines.dagster_defs.snapshots import (
     metric_snapshots,
     snapshot_values_valid,
     targets_reachable,
 )
 from perf_pipelines.settings import Settings, load_settings
+
+
+def _secret(variable: str, value: SecretStr | None) -> Any:
+    """EnvVar keeps a secret out of the config shown in the Dagster UI; it only resolves from the
+    process environment, so a secret that came from `.env` is passed as its value."""
+    if value is None:
+        return None
+    return EnvVar(variable) if os.environ.get(variable) else value.get_secret_value()
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -38,34 +58,56 @@ def build_resources(settings: Settings) -> dict[str, object]:
             max_bytes=settings.scrape_max_bytes,
             samples=settings.scrape_samples,
             interval_s=settings.scrape_interval_s,
+            prometheus_url=settings.prometheus_url,
+            prometheus_token=_secret("PROMETHEUS_TOKEN", settings.prometheus_token),
+            prometheus_username=settings.prometheus_username,
+            prometheus_password=_secret("PROMETHEUS_PASSWORD", settings.prometheus_password),
+            prometheus_timeout_s=settings.prometheus_query_timeout_s,
+            prometheus_backfill_minutes=settings.prometheus_backfill_minutes,
+            prometheus_backfill_step_s=settings.prometheus_backfill_step_s,
         ),
-        "analysis": AnalysisResource(window_minutes=settings.analysis_window_minutes),
+        "analysis": AnalysisResource(
+            window_minutes=settings.analysis_window_minutes,
+            outcome_settle_minutes=settings.outcome_settle_minutes,
+        ),
         "agent": AgentResource(
             agent_id=settings.agent_id,
             agent_type=settings.agent_type,
+            environment=settings.environment,
             orchestrator_url=settings.orchestrator_url,
             orchestrator_register_endpoint=settings.orchestrator_register_endpoint,
             orchestrator_heartbeat_endpoint=settings.orchestrator_heartbeat_endpoint,
             orchestrator_heartbeat_interval=settings.orchestrator_heartbeat_interval,
-            # EnvVar keeps the token's value out of the run config shown in the Dagster UI.
-            orchestrator_token=EnvVar("ORCHESTRATOR_TOKEN") if settings.token else None,
+            orchestrator_token=_secret("ORCHESTRATOR_TOKEN", settings.orchestrator_token),
             sidecar_url=f"http://{settings.host}:{settings.port}",
             redis_url=settings.redis_url,
         ),
+        "health": HealthResource(optimization_cycle_cron=settings.optimization_cycle_cron),
     }
 
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[metric_snapshots, bottleneck_reports, tuning_recommendations],
+        assets=[
+            metric_snapshots,
+            bottleneck_reports,
+            tuning_recommendations,
+            recommendation_outcomes,
+            agent_health,
+        ],
         asset_checks=[
             targets_reachable,
             snapshot_values_valid,
             no_critical_bottlenecks,
             recommendations_consistent,
+            no_regressions,
         ],
-        jobs=[optimization_cycle],
-        schedules=[optimization_cycle_schedule(settings.optimization_cycle_cron)],
+        jobs=[optimization_cycle, health_check],
+        schedules=[
+            optimization_cycle_schedule(settings.optimization_cycle_cron),
+            health_check_schedule(settings.health_check_cron),
+        ],
+        sensors=[orchestrator_heartbeat_sensor(settings.orchestrator_heartbeat_interval)],
         resources=build_resources(settings),
     )
 

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     perf_home: Path = Path("./.perf_home")
     perf_targets: Path | None = None
     prometheus_url: str | None = None
+    # Prometheus as a source (docs/prometheus.md): credentials are never logged
+    prometheus_token: SecretStr | None = None  # bearer token
+    prometheus_username: str | None = None  # basic auth, with PROMETHEUS_PASSWORD
+    prometheus_password: SecretStr | None = None
+    prometheus_query_timeout_s: float = Field(10.0, gt=0, le=300)
+    prometheus_backfill_minutes: float = Field(
+        60.0, ge=0, le=7 * 24 * 60, description="history loaded for a target seen the first time"
+    )
+    prometheus_backfill_step_s: float = Field(15.0, ge=1, le=3600)
     scrape_timeout_s: float = Field(5.0, gt=0, le=120)
     scrape_concurrency: int = Field(64, ge=1, le=4096)
     scrape_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
@@ -72,6 +81,9 @@ class Settings(BaseSettings):
     scrape_interval_s: float = Field(5.0, ge=0, le=600, description="pause between samples")
     analysis_window_minutes: float = Field(
         15.0, gt=0, le=24 * 60, description="how far back bottleneck analysis looks"
+    )
+    outcome_settle_minutes: float = Field(
+        2.0, ge=0, le=24 * 60, description="restart and warm-up time excluded after a change"
     )
     optimization_cycle_cron: str = "*/5 * * * *"
     health_check_cron: str = "* * * * *"
@@ -112,6 +124,16 @@ class Settings(BaseSettings):
         if value is not None and str(value) == "":
             return None
         return value
+
+    @model_validator(mode="after")
+    def _prometheus_auth(self) -> Settings:
+        if self.prometheus_token and self.prometheus_username:
+            raise ValueError(
+                "set PROMETHEUS_TOKEN or PROMETHEUS_USERNAME/PROMETHEUS_PASSWORD, not both"
+            )
+        if self.prometheus_password and not self.prometheus_username:
+            raise ValueError("PROMETHEUS_PASSWORD needs PROMETHEUS_USERNAME")
+        return self
 
     @model_validator(mode="after")
     def _cron_fields(self) -> Settings:

@@ -12,6 +12,7 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 from sqlalchemy import Engine
 
+from perf_pipelines.sources.promapi import PrometheusConfig
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.targets import Target, load_targets
 
@@ -43,19 +44,44 @@ class TargetsResource(ConfigurableResource):
 
 
 class ScraperResource(ConfigurableResource):
-    """Limits of one scrape round; see the SCRAPE_* settings."""
+    """Limits of one scrape round; see the SCRAPE_* settings.
+
+    With `prometheus_url` set, samples are read from that Prometheus instead of scraped
+    (PROMETHEUS_* settings, docs/prometheus.md).
+    """
 
     timeout_s: float = 5.0
     concurrency: int = 64
     max_bytes: int = 16 * 1024 * 1024
     samples: int = 3
     interval_s: float = 5.0
+    prometheus_url: str | None = None
+    prometheus_token: str | None = None
+    prometheus_username: str | None = None
+    prometheus_password: str | None = None
+    prometheus_timeout_s: float = 10.0
+    prometheus_backfill_minutes: float = 60.0
+    prometheus_backfill_step_s: float = 15.0
+
+    def prometheus_config(self) -> PrometheusConfig:
+        return PrometheusConfig(
+            url=self.prometheus_url or "",
+            token=self.prometheus_token,
+            username=self.prometheus_username,
+            password=self.prometheus_password,
+            timeout_s=self.prometheus_timeout_s,
+            max_bytes=self.max_bytes,
+            # Prometheus is one shared server: far fewer parallel queries than scrapes.
+            concurrency=min(self.concurrency, 8),
+        )
 
 
 class AnalysisResource(ConfigurableResource):
-    """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES)."""
+    """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES), and how long a
+    server settles after applied advice before its outcome is measured (OUTCOME_SETTLE_MINUTES)."""
 
     window_minutes: float = 15.0
+    outcome_settle_minutes: float = 2.0
 
 
 class AgentResource(ConfigurableResource):
@@ -63,11 +89,13 @@ class AgentResource(ConfigurableResource):
 
     agent_id: str = "performance-agent-001"
     agent_type: str = "performance"
+    environment: str = "development"
     orchestrator_url: str | None = None
     orchestrator_register_endpoint: str = "/api/v1/agents/register"
     orchestrator_heartbeat_endpoint: str = "/api/v1/agents/{agent_id}/heartbeat"
     orchestrator_heartbeat_interval: float = 30.0
     orchestrator_token: str | None = None
+    orchestrator_timeout_s: float = 5.0
     sidecar_url: str = "http://127.0.0.1:8002"
     redis_url: str | None = None
 
