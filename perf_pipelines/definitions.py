@@ -29,6 +29,11 @@ from perf_pipelines.dagster_defs.resources import (
     ScraperResource,
     TargetsResource,
 )
+from perf_pipelines.dagster_defs.retention import (
+    RetentionResource,
+    retention,
+    retention_schedule,
+)
 from perf_pipelines.dagster_defs.sensors import orchestrator_heartbeat_sensor
 from perf_pipelines.dagster_defs.snapshots import (
     metric_snapshots,
@@ -69,6 +74,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "analysis": AnalysisResource(
             window_minutes=settings.analysis_window_minutes,
             outcome_settle_minutes=settings.outcome_settle_minutes,
+            recommendation_ttl_minutes=settings.recommendation_ttl_minutes,
         ),
         "agent": AgentResource(
             agent_id=settings.agent_id,
@@ -82,6 +88,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             sidecar_url=f"http://{settings.host}:{settings.port}",
             redis_url=settings.redis_url,
         ),
+        "retention": RetentionResource(days=settings.retention_days),
         "health": HealthResource(optimization_cycle_cron=settings.optimization_cycle_cron),
     }
 
@@ -102,10 +109,11 @@ def build_definitions(settings: Settings) -> Definitions:
             recommendations_consistent,
             no_regressions,
         ],
-        jobs=[optimization_cycle, health_check],
+        jobs=[optimization_cycle, health_check, retention],
         schedules=[
             optimization_cycle_schedule(settings.optimization_cycle_cron),
             health_check_schedule(settings.health_check_cron),
+            retention_schedule(settings.retention_cron),
         ],
         sensors=[orchestrator_heartbeat_sensor(settings.orchestrator_heartbeat_interval)],
         resources=build_resources(settings),

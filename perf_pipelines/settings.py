@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     )
     optimization_cycle_cron: str = "*/5 * * * *"
     health_check_cron: str = "* * * * *"
+    retention_days: float = Field(
+        7.0, gt=0, le=3650, description="snapshots, reports, health rows and events kept"
+    )
+    retention_cron: str = "17 3 * * *"
+    recommendation_ttl_minutes: float = Field(
+        60.0, gt=0, le=7 * 24 * 60, description="open advice not given again this long expires"
+    )
 
     @field_validator("orchestrator_url")
     @classmethod
@@ -137,7 +144,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cron_fields(self) -> Settings:
-        for name in ("optimization_cycle_cron", "health_check_cron"):
+        for name in ("optimization_cycle_cron", "health_check_cron", "retention_cron"):
             if len(getattr(self, name).split()) != 5:
                 raise ValueError(f"{name.upper()} must be a 5-field cron expression")
         return self

@@ -29,6 +29,7 @@ from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 from perf_pipelines.formatting import markdown_table
 from perf_pipelines.recommendations.rules import recommend
 from perf_pipelines.storage.reports import upsert_recommendations, write_reports
+from perf_pipelines.storage.retention import expire_stale_recommendations
 from perf_pipelines.storage.schema import bottleneck_reports as reports_table
 from perf_pipelines.storage.schema import tuning_recommendations as recommendations_table
 from perf_pipelines.storage.snapshots import load_snapshots
@@ -166,6 +167,9 @@ def tuning_recommendations(
             ).all()
         }
         result = upsert_recommendations(connection, run_id, recommendations, now, report_ids)
+        expired = expire_stale_recommendations(
+            connection, now - timedelta(minutes=analysis.recommendation_ttl_minutes), now
+        )
     for rec in recommendations:
         context.log.info(
             f"{rec.target}: {rec.engine_flag} {rec.current_value} → {rec.recommended_value}"
@@ -176,6 +180,7 @@ def tuning_recommendations(
             "new": MetadataValue.int(result.new),
             "refreshed": MetadataValue.int(result.refreshed),
             "superseded": MetadataValue.int(result.superseded),
+            "expired": MetadataValue.int(expired),
             "by_capability": MetadataValue.json(
                 dict(Counter(r.capability for r in recommendations))
             ),

@@ -77,11 +77,13 @@ class ScraperResource(ConfigurableResource):
 
 
 class AnalysisResource(ConfigurableResource):
-    """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES), and how long a
-    server settles after applied advice before its outcome is measured (OUTCOME_SETTLE_MINUTES)."""
+    """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES), how long a
+    server settles after applied advice before its outcome is measured (OUTCOME_SETTLE_MINUTES),
+    and how long open advice lives without being given again (RECOMMENDATION_TTL_MINUTES)."""
 
     window_minutes: float = 15.0
     outcome_settle_minutes: float = 2.0
+    recommendation_ttl_minutes: float = 60.0
 
 
 class AgentResource(ConfigurableResource):

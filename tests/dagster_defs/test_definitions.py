@@ -9,9 +9,11 @@ def test_definitions_load_with_the_design_names() -> None:
     repository = defs.get_repository_def()
     assert repository.has_job("optimization_cycle")
     assert repository.has_job("health_check")
+    assert repository.has_job("retention")
     assert {s.name for s in repository.schedule_defs} >= {
         "optimization_cycle_schedule",
         "health_check_schedule",
+        "retention_schedule",
     }
     assert {s.name for s in repository.sensor_defs} >= {"orchestrator_heartbeat"}
     asset_keys = {key.to_user_string() for key in repository.asset_graph.get_all_asset_keys()}
