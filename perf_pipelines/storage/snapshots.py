@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,14 +58,38 @@ class SnapshotRow:
         }
         snapshot = self.snapshot
         for name in CANONICAL_VALUE_FIELDS:
-            record[name] = getattr(snapshot, name) if snapshot else None
+            record[name] = _finite(getattr(snapshot, name)) if snapshot else None
         for name in HISTOGRAM_FIELDS:
             histogram: Histogram | None = getattr(snapshot, name) if snapshot else None
-            record[name] = histogram.to_json() if histogram else None
+            record[name] = _histogram_json(histogram)
         if snapshot:
-            record["settings"] = snapshot.settings or None
-            record["extra"] = snapshot.extra or None
+            record["settings"] = _json_safe(snapshot.settings) or None
+            record["extra"] = _json_safe(snapshot.extra) or None
         return record
+
+
+# NaN and ±Inf are not measurements: they are stored as NULL ("not measured"). PostgreSQL's JSON
+# type rejects them outright, so one server exporting NaN would otherwise fail the whole run's
+# transaction, and an infinite gauge or counter would poison every rate and quantile after it.
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _histogram_json(histogram: Histogram | None) -> dict[str, Any] | None:
+    if histogram is None:
+        return None
+    counts = (*histogram.cumulative, histogram.count)
+    if not all(math.isfinite(c) for c in counts):
+        return None  # a non-finite bucket count makes every quantile from it meaningless
+    return histogram.to_json()
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return _finite(value)
 
 
 def upsert_ignore(connection: Connection, table: Any) -> Insert:
