@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, select, update
+from sqlalchemy import Connection, and_, select, text, update
 
 from perf_pipelines.analysis.detection import BottleneckReport
 from perf_pipelines.recommendations.rules import Recommendation
@@ -40,6 +40,8 @@ class UpsertResult:
 
 # Statuses the agent set itself; an orchestrator's answer (applied, rejected) is never undone.
 _REOPENABLE = ("superseded", "expired")
+# An arbitrary constant (next to db.py's migration lock): serialises cycles writing advice at once.
+_PG_RECOMMENDATIONS_LOCK_KEY = 7_242_011_356
 
 
 def _stringify(value: Any) -> str | None:
@@ -62,6 +64,14 @@ def upsert_recommendations(
     whatever replaced it, so the open view never shows stale advice.
     """
     table = tuning_recommendations
+    if connection.dialect.name == "postgresql":
+        # Two cycles at once (a schedule tick overlapping a manual run): under READ COMMITTED the
+        # second cannot see the first's uncommitted advice, so different advice for one (target,
+        # parameter) would stay open twice. Held until the caller commits. SQLite serialises
+        # writers by itself.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_RECOMMENDATIONS_LOCK_KEY}
+        )
     ids = [r.id for r in recommendations]
     existing: dict[str, str] = (
         {
