@@ -34,12 +34,15 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 15})
+        # hide_parameters: a failed multi-row INSERT would put ~9 KB of values into the error
+        # a run reports; the statement and the database's message say what went wrong.
+        engine = create_engine(url, connect_args={"timeout": 15}, hide_parameters=True)
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     return create_engine(
         url,
         pool_pre_ping=True,
+        hide_parameters=True,
         pool_size=5,
         max_overflow=5,
         connect_args={"connect_timeout": 10, "application_name": "perf_pipelines"},
