@@ -35,9 +35,10 @@ class Hardware(BaseModel):
 class Slo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ttft_p95_ms: float | None = Field(None, gt=0)
-    itl_p95_ms: float | None = Field(None, gt=0)
-    e2e_p95_ms: float | None = Field(None, gt=0)
+    # .inf would pass gt=0 and then reach evidence JSON, which PostgreSQL refuses.
+    ttft_p95_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    itl_p95_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    e2e_p95_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
 
 
 class Target(BaseModel):
@@ -69,6 +70,10 @@ class Target(BaseModel):
 
 def validate_scrape_url(value: str) -> str:
     """Accept only http(s) URLs with a host and no embedded credentials."""
+    # urlsplit silently drops tabs and newlines, so check the text itself: a CR/LF would reach
+    # the request line, a NUL or space the host name.
+    if any(ord(c) < 0x21 or c == "\x7f" for c in value):
+        raise ValueError("URL must not contain whitespace or control characters")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -133,8 +138,12 @@ def load_targets(path: Path) -> list[Target]:
     except (OSError, UnicodeDecodeError) as exc:
         raise TargetsError(f"cannot read targets file {path}: {exc}") from None
     try:
-        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a SafeLoader variant
-    except yaml.YAMLError as exc:
+        # B506 is silenced: CSafeLoader/SafeLoader, the safe subset that builds no Python objects
+        # (tests/security/test_yaml_loader.py).
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506  # nosec B506
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # ValueError: e.g. an integer beyond Python's 4,300-digit limit; RecursionError: deep
+        # nesting with the pure-Python loader (libyaml stops at its own depth limit).
         raise TargetsError(f"{path}: not valid YAML: {exc}") from None
     return parse_targets(data, source=str(path))
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_left
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 __all__ = ["ExpositionError", "MetricFamily", "Sample", "parse_exposition"]
 
@@ -137,11 +139,26 @@ def _wanted_sample_names(keep: Collection[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+@lru_cache(maxsize=32)
+def _sorted_names(names: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(names))
+
+
 def _family_wanted(types: _Types, declared: str, wanted: frozenset[str]) -> bool:
     """Whether any sample name of the just-declared family is wanted."""
     candidates = (declared, declared + "_total", declared + "_info")
     candidates += tuple(declared + suffix for suffix in _HISTOGRAM_SUFFIXES)
     return any(name in wanted and types.by_sample.get(name) is not None for name in candidates)
+
+
+def _only_lines_of(text: str, start: int, end: int, prefix: str) -> bool:
+    """Whether every line in text[start:end] starts with `prefix` ("\n" + a family name).
+
+    Two counts in C, no copy. Skipping a family's group is only safe when it really holds just
+    that family: an untyped family written without a TYPE or HELP line of its own directly
+    after another family's samples is valid text, and would otherwise be skipped with it.
+    """
+    return text.count("\n", start - 1, end - 1) == text.count(prefix, start - 1, end - 1)
 
 
 def _line_number(text: str, offset: int) -> int:
@@ -159,7 +176,8 @@ def parse_exposition(
 
     `keep`: only these family keys are built. Both formats require a family's lines to form one
     group after its TYPE line, so the group of an unwanted family is skipped with one `find` for
-    the next comment line, without looking at its samples.
+    the next comment line, without parsing its samples (two counts check that every line of
+    the group starts with the family's name: an untyped family may follow without a comment).
     `max_series` caps the kept samples and `max_labels` the labels of one sample.
     """
     if "\x00" in text:
@@ -174,11 +192,13 @@ def parse_exposition(
     openmetrics = text.rstrip().endswith("# EOF")
     keep_set = frozenset(keep) if keep is not None else None
     wanted = _wanted_sample_names(keep_set) if keep_set is not None else None
+    wanted_sorted = _sorted_names(wanted) if wanted is not None else ()
     parser = _SampleParser(keep_set, wanted, openmetrics, max_series, max_labels)
     types = parser.types
     length = len(text)
     position = 0
-    skipping = False
+    # While set: "\n" + the name of an unwanted family whose group may be skipped unread.
+    skip_prefix: str | None = None
     while position < length:
         if text.startswith("#", position):
             end = text.find("\n", position)
@@ -190,7 +210,12 @@ def parse_exposition(
                     number = _line_number(text, position)
                     raise ExpositionError(f"line {number}: malformed TYPE line {_snippet(line)!r}")
                 types.declare(parts[2], parts[3].strip())
-                skipping = wanted is not None and not _family_wanted(types, parts[2], wanted)
+                skip_prefix = None
+                if wanted is not None and not _family_wanted(types, parts[2], wanted):
+                    # A wanted name that merely starts with this one could hide in the group.
+                    after = bisect_left(wanted_sorted, parts[2])
+                    if after == len(wanted_sorted) or not wanted_sorted[after].startswith(parts[2]):
+                        skip_prefix = "\n" + parts[2]
             elif line.startswith("# EOF"):
                 if text[end:].strip():
                     raise ExpositionError(
@@ -198,12 +223,12 @@ def parse_exposition(
                     )
                 break
             else:
-                skipping = False  # a HELP line may start an untyped family: look at its lines
+                skip_prefix = None  # a HELP line may start an untyped family: look at its lines
             position = end + 1
             continue
         next_comment = text.find("\n#", position)
         region_end = length if next_comment == -1 else next_comment + 1
-        if not skipping:
+        if skip_prefix is None or not _only_lines_of(text, position, region_end, skip_prefix):
             parser.parse_region(text, position, region_end)
         position = region_end
     return parser.families

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 from perf_pipelines.collection.exposition import ExpositionError, MetricFamily, parse_exposition
 from perf_pipelines.engines import llamacpp, sglang, tgi, vllm
-from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
+from perf_pipelines.engines.canonical import (
+    CANONICAL_VALUE_FIELDS,
+    HISTOGRAM_FIELDS,
+    CanonicalSnapshot,
+    Engine,
+)
+
+MAX_MODEL_LENGTH = 512  # metric_snapshots.model is String(512)
 
 _ADAPTERS: dict[Engine, Callable[[Mapping[str, MetricFamily]], list[CanonicalSnapshot]]] = {
     Engine.VLLM: vllm.to_canonical,
@@ -53,7 +62,42 @@ def detect_engine(family_names: Iterable[str]) -> Engine | None:
 
 
 def to_canonical(engine: Engine, families: Mapping[str, MetricFamily]) -> list[CanonicalSnapshot]:
-    return _ADAPTERS[engine](families)
+    return [_storable(snapshot) for snapshot in _ADAPTERS[engine](families)]
+
+
+def _is_finite_number(value: object) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _bounded_model(model: str) -> str:
+    """A model label the `model` column can hold: no NUL, at most MAX_MODEL_LENGTH characters
+    (a longer one keeps its start and a digest of the whole, so distinct models stay distinct)."""
+    model = model.replace("\x00", "\ufffd")
+    if len(model) <= MAX_MODEL_LENGTH:
+        return model
+    digest = hashlib.sha256(model.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{model[: MAX_MODEL_LENGTH - 17]}~{digest}"
+
+
+def _storable(snapshot: CanonicalSnapshot) -> CanonicalSnapshot:
+    """What a server sent, reduced to values both databases store: a NaN or ±Inf reading is
+    "not measured" (None), a histogram with a non-finite count is left out, and JSON columns
+    get finite numbers only (PostgreSQL rejects NaN/Infinity in JSON, and one refused row
+    would fail the whole run's insert)."""
+    for name in CANONICAL_VALUE_FIELDS:
+        if not _is_finite_number(getattr(snapshot, name)):
+            setattr(snapshot, name, None)
+    for name in HISTOGRAM_FIELDS:
+        histogram = getattr(snapshot, name)
+        if histogram is not None and not all(
+            map(math.isfinite, (*histogram.cumulative, histogram.count))
+        ):
+            setattr(snapshot, name, None)
+    snapshot.extra = {k: v for k, v in snapshot.extra.items() if _is_finite_number(v)}
+    snapshot.settings = {k: v for k, v in snapshot.settings.items() if _is_finite_number(v)}
+    if snapshot.model is not None:
+        snapshot.model = _bounded_model(snapshot.model)
+    return snapshot
 
 
 def snapshots_from_text(
@@ -65,7 +109,11 @@ def snapshots_from_text(
     if detected is None:
         expected = _DISPLAY[engine] if engine else "vLLM/SGLang/TGI/llama.cpp"
         # Only on failure: look for another engine's metrics to say what the server really is.
-        other = detect_engine(parse_exposition(text, keep=_ALL_WANTED)) if engine else None
+        other = (
+            detect_engine(parse_exposition(text, keep=_ALL_WANTED, max_series=max_series))
+            if engine
+            else None
+        )
         found = f" (found {_DISPLAY[other]} metrics)" if other else ""
         raise ExpositionError(
             f"no {expected} metrics found{found}: is metrics export enabled on the server?"

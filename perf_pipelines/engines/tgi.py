@@ -9,6 +9,8 @@ per-request length histograms. TGI has no model label: the targets file names th
 
 from __future__ import annotations
 
+import math
+
 from perf_pipelines.engines.canonical import CanonicalSnapshot
 from perf_pipelines.engines.series import Families, histogram_by_model, single_value
 
@@ -57,7 +59,7 @@ def to_canonical(families: Families) -> list[CanonicalSnapshot]:
     if capacity and reserved is not None:
         extra["kv_reservation_ratio"] = reserved / capacity
     settings: dict[str, object] = {}
-    if capacity is not None:
+    if capacity is not None and math.isfinite(capacity):
         settings["max_batch_total_tokens"] = int(capacity)
     return [
         CanonicalSnapshot(
