@@ -21,12 +21,23 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).
     "taskName",
 }
 
-# Bearer tokens, basic-auth userinfo in URLs, and key=value secrets.
+# Bearer tokens, userinfo in URLs (also with an empty user name, as in redis://:pw@host),
+# key=value secrets, and the credentials of an Authorization header of any scheme (Basic).
 _SECRET_PATTERNS = (
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
-    re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"),
-    re.compile(
-        r"(?i)((?:token|password|passwd|secret|api[_-]?key)[\"']?\s*[=:]\s*[\"']?)[^\s\"',&]+"
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/\s:@]*:[^/\s@]+@"), r"\1***@"),
+    (
+        re.compile(
+            r"(?i)((?:token|password|passwd|secret|api[_-]?key)[\"']?\s*[=:]\s*[\"']?)[^\s\"',&]+"
+        ),
+        r"\1***",
+    ),
+    (
+        re.compile(
+            r"(?i)(authorization[\"']?\s*[=:]\s*[\"']?"
+            r"(?:(?:basic|bearer|digest|negotiate|token)\s+)?)[^\s\"',}]+"
+        ),
+        r"\1***",
     ),
 )
 
@@ -44,9 +55,9 @@ class SecretRedactor:
     def __call__(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        text = _SECRET_PATTERNS[0].sub(r"\1***", text)
-        text = _SECRET_PATTERNS[1].sub(r"\1***@", text)
-        return _SECRET_PATTERNS[2].sub(r"\1***", text)
+        for pattern, replacement in _SECRET_PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
 
 
 REDACT = SecretRedactor()

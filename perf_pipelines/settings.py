@@ -33,7 +33,10 @@ def _check_http_url(value: str | None, variable: str) -> str | None:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{variable} must be an http(s) URL with a host, got {value!r}")
+        # Never echo the value: a rejected URL may carry credentials (ftp://user:pw@host).
+        raise ValueError(
+            f"{variable} must be an http(s) URL with a host, got scheme {parts.scheme or 'none'!r}"
+        )
     if parts.username or parts.password:
         raise ValueError(f"{variable} must not carry credentials in the URL")
     return value.rstrip("/")

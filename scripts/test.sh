@@ -10,6 +10,9 @@ need_debian_packages() {
   # Real peers for the tests: Prometheus as a metrics source, Redis for the health check.
   command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  # The browser check of the Dagster UI (tests/deploy/test_ui_browser.py): headless Chromium
+  # driven by Playwright from PyPI, which never downloads a browser of its own.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ]; then
       echo "installing Debian packages: ${missing[*]}"
@@ -32,4 +35,5 @@ export PERF_REQUIRE_POSTGRES=1
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/bandit -q -c pyproject.toml -r perf_pipelines
 .venv/bin/pytest "$@"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +34,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
@@ -89,18 +90,26 @@ class _Deadline:
     """Runs blocking database work on a small pool and waits at most `timeout_s` for it.
 
     Work that overruns keeps its thread until the database answers or its own timeouts fire; the
-    pool is bounded, so a hung database cannot pile up threads.
+    pool is bounded, so a hung database cannot pile up threads. The pool is made on first use
+    and again after a shutdown: an app whose lifespan ends and starts again keeps working.
     """
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sidecar-db")
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sidecar-db")
+            return self._pool
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        return self._pool.submit(fn)
+        return self._executor().submit(fn)
 
     def call(self, fn: Callable[[], T]) -> T:
-        future = self._pool.submit(fn)
+        future = self._executor().submit(fn)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
@@ -108,7 +117,10 @@ class _Deadline:
             raise TimeoutError(f"no answer within {self.timeout_s:g} s") from None
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _RequestLog:
@@ -166,6 +178,28 @@ def _authorize(request: Request, token: str | None) -> None:
         )
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise HTTPException(403, "invalid token")
+
+
+def _error(description: str) -> dict[str, Any]:
+    """An error response for the OpenAPI schema: `{"detail": "..."}`."""
+    schema = {"type": "object", "properties": {"detail": {"type": "string"}}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_DATABASE_DOWN = {503: _error("database unavailable")}
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes before more of it is read."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, "request body too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, "request body too large")
+    return bytes(body)
 
 
 def create_app(
@@ -232,7 +266,16 @@ def create_app(
         """Liveness: answers while the process serves HTTP; never touches the database."""
         return {"status": "healthy", **identity()}
 
-    @app.get("/api/v1/health/detailed")
+    @app.get(
+        "/api/v1/health/detailed",
+        responses={
+            503: {
+                "description": "unhealthy: the database is down, unreadable or not at the "
+                "schema head (same body as 200)",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
     def detailed_health() -> JSONResponse:
         """Every component; 503 when unhealthy (database not ok), else 200."""
         cache = deadline.submit(lambda: check_cache(settings.redis_url, CACHE_TIMEOUT_S))
@@ -273,11 +316,11 @@ def create_app(
             "capabilities": list(CAPABILITIES),
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/recommendations")
+    @app.get("/api/v1/recommendations", responses=_DATABASE_DOWN)
     def recommendations(
         status: RecommendationStatus = "open",
         target: str | None = Query(None, max_length=128),
@@ -291,6 +334,14 @@ def create_app(
     @app.post(
         "/api/v1/recommendations/{rec_id}/status",
         response_model=None,
+        responses={
+            401: _error("ORCHESTRATOR_TOKEN is set and no bearer token was sent"),
+            403: _error("wrong bearer token"),
+            404: _error("unknown recommendation id"),
+            409: _error("the recommendation is no longer open"),
+            413: _error("request body over 64 KiB"),
+            **_DATABASE_DOWN,
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -301,13 +352,14 @@ def create_app(
     async def answer_recommendation(rec_id: str, request: Request) -> dict[str, Any] | JSONResponse:
         """The orchestrator applied or rejected a recommendation."""
         _authorize(request, token)  # before the body is read
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, "request body too large")
+        body = await _read_capped(request, MAX_BODY_BYTES)
         try:
             answer = StatusUpdate.model_validate_json(body)
         except ValidationError as exc:
-            raise RequestValidationError(exc.errors(include_url=False)) from None
+            # Without the input: bytes that are not UTF-8 cannot be encoded into the 422 body
+            # (a 500 before), and a body is not echoed back (it may quote a token).
+            errors = exc.errors(include_url=False, include_input=False)
+            raise RequestValidationError(errors) from None
 
         def apply() -> dict[str, Any]:
             with db.begin() as connection:
