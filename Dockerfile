@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# One image for every service of docker-compose.yml: the user-code gRPC server, the Dagster
+# webserver and daemon, the sidecar and the simulated fleet (docs/deploy.md).
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: build the project's wheel and install it with its dependencies into a venv -----
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY perf_pipelines ./perf_pipelines
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install /wheels/perf_pipelines-*.whl \
+ && /opt/venv/bin/perf-pipelines --version
+
+# --- runtime: the venv on a slim Python, no compilers, no sources, not root ------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DAGSTER_HOME=/opt/dagster/dagster_home
+RUN groupadd --system --gid 10001 perf \
+ && useradd --system --uid 10001 --gid perf --home-dir /opt/dagster --no-create-home \
+      --shell /usr/sbin/nologin perf
+COPY --from=builder /opt/venv /opt/venv
+COPY deploy/dagster.yaml deploy/workspace.yaml /opt/dagster/dagster_home/
+# DAGSTER_HOME/storage (compute logs) and /shared (the targets file) are volumes in compose;
+# created here so that new volumes start owned by the service user. nux.yaml: no newsletter
+# pop-up on the UI's first visit.
+RUN mkdir -p /opt/dagster/dagster_home/storage /opt/dagster/dagster_home/.nux /opt/dagster/app \
+      /shared \
+ && echo "seen: 1" > /opt/dagster/dagster_home/.nux/nux.yaml \
+ && chown -R perf:perf /opt/dagster /shared
+USER perf:perf
+WORKDIR /opt/dagster/app
+EXPOSE 3000 4000 8002
+CMD ["perf-pipelines", "--help"]

@@ -1,0 +1,1 @@
+"""Deployment tests: docker-compose files, and the same topology run natively."""
