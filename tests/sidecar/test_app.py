@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import statistics
 import time
@@ -160,7 +161,8 @@ def test_populated_database_every_route(
     assert "PING" in components["cache"]["detail"]
     assert "last heartbeat ok" in components["orchestrator"]["detail"]
     # dagster: what the health_check job recorded 15 s ago, relayed
-    assert "(as of health_check 15s ago)" in components["dagster"]["detail"]
+    # (a second or two later than 15 s on a loaded machine)
+    assert re.search(r"\(as of health_check 1[5-8]s ago\)", components["dagster"]["detail"])
     assert components["dagster"]["data"]["last_run_status"] == "SUCCESS"
     # one shape with the agent_health row: status, detail, latency_ms, data
     assert all(set(c) == {"status", "detail", "latency_ms", "data"} for c in components.values())
