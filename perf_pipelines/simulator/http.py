@@ -13,14 +13,13 @@ Control API (loopback only, JSON):
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
 
+from perf_pipelines.serving import serve_in_thread
 from perf_pipelines.simulator.fleet import Fleet, Unavailable, UnknownServerError
 from perf_pipelines.simulator.settings import SettingsError
 
@@ -131,18 +130,5 @@ def make_server(fleet: Fleet, host: str = "127.0.0.1", port: int = 9400) -> uvic
 @contextmanager
 def run_fleet_in_thread(fleet: Fleet, port: int = 0) -> Iterator[str]:
     """Serve `fleet` on loopback in a background thread; yields the base URL."""
-    server = make_server(fleet, port=port)
-    server.config.install_signal_handlers = False  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("fleet HTTP server did not start")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(make_server(fleet, port=port).config, "simulated fleet") as url:
+        yield url

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+
+from perf_pipelines.serving import ThreadedServer, start_in_thread
 
 REGISTER_PATH = "/api/v1/agents/register"
 
@@ -53,8 +54,7 @@ class TestOrchestrator:
         self.agents: dict[str, dict[str, Any]] = {}
         self.behaviour = _Behaviour()
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._running: ThreadedServer | None = None
         self.url = ""
 
     # -- control -------------------------------------------------------------------------
@@ -151,27 +151,16 @@ class TestOrchestrator:
         config = uvicorn.Config(
             self, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
         )
-        server = uvicorn.Server(config)
-        server.config.install_signal_handlers = False  # type: ignore[attr-defined]
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test orchestrator did not start")
-            time.sleep(0.01)
-        self._server, self._thread = server, thread
-        self.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        self._running = start_in_thread(config, "test orchestrator")
+        self.url = self._running.url
         return self.url
 
     def stop(self) -> None:
         """Go away: release hung requests, close the port (the URL stays, now refused)."""
         self.behaviour.released.set()
-        if self._server is not None:
-            self._server.should_exit = True
-            assert self._thread is not None
-            self._thread.join(timeout=10)
-            self._server = None
+        if self._running is not None:
+            self._running.stop()
+            self._running = None
 
 
 @contextmanager
