@@ -13,13 +13,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
 from perf_pipelines.storage.schema import metric_snapshots
+from tests.support.http_servers import LoopbackHTTPServer, running
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 Responder = Callable[["_Handler"], None]
@@ -57,38 +58,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(LoopbackHTTPServer):
     request_queue_size = 256
 
     def __init__(self, routes: dict[str, Responder]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.routes = routes
         self.hits: dict[str, int] = {}
         self.lock = threading.Lock()
-        self.stop_event = threading.Event()
         self.bytes_sent = 0
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 @contextmanager
 def serve_lazily(routes: dict[str, Responder]) -> Iterator[_Server]:
     """Serve `routes` (path → responder; "*" matches any other path) on a free loopback port."""
-    server = _Server(routes)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with running(_Server(routes)) as server:
         yield server
-    finally:
-        server.stop_event.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def static(body: bytes, content_type: str = TEXT) -> Responder:

@@ -8,15 +8,15 @@ is recorded with its method, path, headers and form fields.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from perf_pipelines.collection.exposition import parse_exposition
+from tests.support.http_servers import LoopbackHTTPServer, running
 
 
 @dataclass
@@ -92,34 +92,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
-class _FakeServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _FakeServer(LoopbackHTTPServer):
     def __init__(self, routes: dict[str, Handler]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.routes = routes
         self.requests: list[Request] = []
-        self.stop_event = threading.Event()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return self.base_url
 
 
 @contextmanager
 def fake_prometheus(routes: dict[str, Handler]) -> Iterator[_FakeServer]:
-    server = _FakeServer(routes)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with running(_FakeServer(routes)) as server:
         yield server
-    finally:
-        server.stop_event.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def matrix_from_exposition(

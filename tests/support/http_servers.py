@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class _LoopbackServer(ThreadingHTTPServer):
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server on a free loopback port; `stop_event` releases stalled handlers."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, routes: dict[str, Route]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.routes = routes
-        self.hits: dict[str, int] = {}
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
         self.stop_event = threading.Event()
 
     @property
@@ -86,10 +87,12 @@ class _LoopbackServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
+_Server = TypeVar("_Server", bound=LoopbackHTTPServer)
+
+
 @contextmanager
-def serve(routes: dict[str, Route]) -> Iterator[_LoopbackServer]:
-    """Serve `routes` on a free loopback port for the duration of the block."""
-    server = _LoopbackServer(routes)
+def running(server: _Server) -> Iterator[_Server]:
+    """Serve `server` in a thread for the duration of the block, then shut it down."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
@@ -100,6 +103,20 @@ def serve(routes: dict[str, Route]) -> Iterator[_LoopbackServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+class _LoopbackServer(LoopbackHTTPServer):
+    def __init__(self, routes: dict[str, Route]) -> None:
+        super().__init__(_Handler)
+        self.routes = routes
+        self.hits: dict[str, int] = {}
+
+
+@contextmanager
+def serve(routes: dict[str, Route]) -> Iterator[_LoopbackServer]:
+    """Serve `routes` on a free loopback port for the duration of the block."""
+    with running(_LoopbackServer(routes)) as server:
+        yield server
 
 
 def closed_port() -> int:
