@@ -42,7 +42,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="module")
 def page(topology: NativeTopology) -> Iterator[Any]:
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("playwright is not installed (pip install -e '.[dev]')")
     if not CHROMIUM.exists():
@@ -56,6 +56,9 @@ def page(topology: NativeTopology) -> Iterator[Any]:
                 viewport={"width": 1600, "height": 1000}, locale="en-US", timezone_id="UTC"
             )
             context.set_default_timeout(UI_TIMEOUT_MS)
+            # expect() has its own 5 s default, which the asset graph's per-node status loading
+            # exceeded once under CI load ("Loading…" still shown).
+            expect.set_options(timeout=UI_TIMEOUT_MS)
             yield context.new_page()
             context.close()
         finally:

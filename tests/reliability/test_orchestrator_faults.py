@@ -33,7 +33,7 @@ def test_a_flapping_orchestrator_never_breaks_a_tick(sqlite_url: str, tmp_path: 
                 orchestrator.stop()
             elif step == "ok":
                 orchestrator.recover()
-                if orchestrator._server is None:  # came back on the same address
+                if not orchestrator.serving:  # came back on the same address
                     orchestrator.start(port=port)
             ticker.make_due()
             before = datetime.now(UTC)

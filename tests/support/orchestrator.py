@@ -155,6 +155,10 @@ class TestOrchestrator:
         self.url = self._running.url
         return self.url
 
+    @property
+    def serving(self) -> bool:
+        return self._running is not None
+
     def stop(self) -> None:
         """Go away: release hung requests, close the port (the URL stays, now refused)."""
         self.behaviour.released.set()
