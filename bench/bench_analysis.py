@@ -10,13 +10,13 @@ its own name; 1 % of targets never answer and 5 % miss four scrapes each.
 (a) the analysis of a `load_snapshots`-shaped DataFrame at 10 … 10,000 targets against the goal;
 (b) `load_snapshots` of 1,000 targets from a SQLite file, and from PostgreSQL when a URL is given,
 against the bare driver running the same query. Usage:
-python bench/bench_analysis.py [postgresql+psycopg://…]   (default: $PERF_TEST_POSTGRES_URL)
+python bench/bench_analysis.py [--quick] [postgresql+psycopg://…]
+(default: $PERF_TEST_POSTGRES_URL)
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from benchkit import BenchResult, SummaryRow, markdown_table, report
 from sqlalchemy import JSON, Engine, create_engine, insert, select, text
 from sqlalchemy.engine import make_url
 
@@ -49,6 +50,7 @@ from perf_pipelines.targets import Target, parse_targets
 SAMPLES = 240  # one hour of 15-second scrapes
 STEP_S = 15.0
 SIZES = (10, 100, 1_000, 10_000)
+QUICK_SIZES = (10, 100)
 GOAL_TARGETS, GOAL_S = 1_000, 2.0
 LOAD_TARGETS, INSERTED = 1_000, 100
 NEVER_ANSWER, SOMETIMES_DOWN = 0.01, 0.05  # shares of targets
@@ -321,8 +323,10 @@ def _postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False), drop
 
 
-def fill(engine: Engine, templates: list[Template]) -> tuple[dict[str, Target], float]:
-    """Store LOAD_TARGETS targets' rows: the first INSERTED through `insert_snapshots`, the rest
+def fill(
+    engine: Engine, templates: list[Template], load_targets: int
+) -> tuple[dict[str, Target], float]:
+    """Store `load_targets` targets' rows: the first INSERTED through `insert_snapshots`, the rest
     copied from those by the database under new names (`insert_snapshots` would take minutes).
 
     Returns the targets and the µs per row `insert_snapshots` took.
@@ -335,7 +339,7 @@ def fill(engine: Engine, templates: list[Template]) -> tuple[dict[str, Target], 
         started = time.perf_counter()
         inserted = insert_snapshots(connection, rows(templates, first, 0, INSERTED))
         insert_us = (time.perf_counter() - started) / inserted * 1e6
-        for copy in range(1, LOAD_TARGETS // INSERTED):
+        for copy in range(1, load_targets // INSERTED):
             renamed = [
                 (c + f"-copy{copy}").label("target") if c.name == "target" else c for c in columns
             ]
@@ -345,17 +349,41 @@ def fill(engine: Engine, templates: list[Template]) -> tuple[dict[str, Target], 
             )
     targets = {
         f"{t.name}-copy{copy}": t.model_copy(update={"name": f"{t.name}-copy{copy}"})
-        for copy in range(1, LOAD_TARGETS // INSERTED)
+        for copy in range(1, load_targets // INSERTED)
         for t in first.targets
     }
     return {t.name: t for t in first.targets} | targets, insert_us
 
 
-def measure_load(engine: Engine, templates: list[Template]) -> str:
-    """`load_snapshots` of LOAD_TARGETS targets × SAMPLES against the bare driver running the
+@dataclass
+class LoadRun:
+    rows: int
+    insert_us: float
+    fetch_s: float
+    decoded_s: float
+    raw_s: float
+    analysis_s: float
+
+    def cells(self, database: str) -> list[object]:
+        return [
+            database,
+            f"{self.rows:,}",
+            f"{self.insert_us:.0f}",
+            f"{self.fetch_s:.2f}",
+            f"{self.decoded_s:.2f}",
+            f"{self.decoded_s / self.fetch_s:.1f}×",
+            f"{self.raw_s:.2f}",
+            f"{self.raw_s / self.fetch_s:.1f}×",
+            f"**{self.raw_s + self.analysis_s:.2f}**",
+        ]
+
+
+def measure_load(engine: Engine, templates: list[Template], load_targets: int) -> LoadRun:
+    """`load_snapshots` of `load_targets` targets × SAMPLES against the bare driver running the
     same query (the floor: no type conversion, no JSON decoding, no DataFrame), then the whole
-    cycle as the analysis assets would run it."""
-    targets, insert_us = fill(engine, templates)
+    cycle as the analysis assets run it (histograms decoded only where the analysis reads them).
+    """
+    targets, insert_us = fill(engine, templates, load_targets)
     start, end = _window()
     names = list(targets)
 
@@ -380,72 +408,128 @@ def measure_load(engine: Engine, templates: list[Template]) -> str:
     decoded_s, decoded = _median_time(lambda: load(True), 1)  # slow: once
     raw_s, raw = _median_time(lambda: load(False), 3)
     assert isinstance(decoded, pd.DataFrame) and isinstance(raw, pd.DataFrame)
-    assert len(decoded) == len(raw) == fetched == LOAD_TARGETS * SAMPLES, (len(raw), fetched)
+    assert len(decoded) == len(raw) == fetched == len(targets) * SAMPLES, (len(raw), fetched)
     analysis = analyse(raw, targets, 3)
-    return (
-        f"| {engine.dialect.name} | {fetched:,} | {insert_us:.0f} | {fetch_s:.2f} "
-        f"| {decoded_s:.2f} | {decoded_s / fetch_s:.1f}× | {raw_s:.2f} | {raw_s / fetch_s:.1f}× "
-        f"| **{raw_s + analysis.total_s:.2f}** |"
-    )
+    return LoadRun(fetched, insert_us, fetch_s, decoded_s, raw_s, analysis.total_s)
 
 
 def main() -> None:
-    postgres_url = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PERF_TEST_POSTGRES_URL")
-    print(f"# analysis benchmark — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, pandas {pd.__version__}, numpy {np.__version__}\n"
-    )
+    quick = "--quick" in sys.argv
+    arguments = [arg for arg in sys.argv[1:] if arg != "--quick"]
+    postgres_url = arguments[0] if arguments else os.environ.get("PERF_TEST_POSTGRES_URL")
+    sizes = QUICK_SIZES if quick else SIZES
+    load_targets = INSERTED if quick else LOAD_TARGETS
     started = time.perf_counter()
     templates = simulate_templates()
-    print(
-        f"simulated {len(templates)} servers × {SAMPLES} scrapes (rendered, parsed, mapped) in "
-        f"{time.perf_counter() - started:.1f} s\n"
-    )
-    print(
-        "| targets | rows | window_stats (s) | detect (s) | recommend (s) | total (s) "
-        "| µs per target-sample | reports | recommendations |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    goal_run: AnalysisRun | None = None
-    for size in SIZES:
+    simulated_s = time.perf_counter() - started
+    analysis_rows: list[list[object]] = []
+    summary: list[SummaryRow] = []
+    for size in sizes:
         targets = plan(templates, size)
         data = frame(templates, targets)
         run = analyse(data, {t.name: t for t in targets.targets}, 5 if size <= 1_000 else 1)
-        print(
-            f"| {size:,} | {len(data):,} | {run.window_s:.3f} | {run.detect_s:.3f} "
-            f"| {run.recommend_s:.3f} | **{run.total_s:.3f}** "
-            f"| {run.total_s / (size * SAMPLES) * 1e6:.1f} | {sum(run.reports.values()):,} "
-            f"| {run.recommendations:,} |"
+        analysis_rows.append(
+            [
+                f"{size:,}",
+                f"{len(data):,}",
+                f"{run.window_s:.3f}",
+                f"{run.detect_s:.3f}",
+                f"{run.recommend_s:.3f}",
+                f"**{run.total_s:.3f}**",
+                f"{run.total_s / (size * SAMPLES) * 1e6:.1f}",
+                f"{sum(run.reports.values()):,}",
+                f"{run.recommendations:,}",
+            ]
         )
         if size == GOAL_TARGETS:
-            goal_run = run
-    assert goal_run is not None
-    met = "met" if goal_run.total_s <= GOAL_S else "NOT met"
-    print(
-        f"\nGoal: analysis of {GOAL_TARGETS:,} targets × {SAMPLES} samples ≤ {GOAL_S:g} s — "
-        f"**{met} ({goal_run.total_s:.2f} s)**"
-    )
-    print(f"reports at {GOAL_TARGETS:,} targets: {dict(sorted(goal_run.reports.items()))}\n")
-
-    print(
-        "| database | rows | insert_snapshots µs/row | driver fetch (s) | load_snapshots (s) "
-        "| ratio | load_snapshots(decode_histograms=False) (s) | ratio | + analysis (s) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+            summary.append(
+                SummaryRow(
+                    what="analysis, 1,000 targets × 1 h of 15 s samples (detect + recommend)",
+                    ours=f"{run.total_s:.2f} s",
+                    peer="—",
+                    ratio="—",
+                    goal="≤ 2 s",
+                    met=run.total_s <= GOAL_S,
+                )
+            )
+        if size == max(sizes) and size > GOAL_TARGETS:
+            summary.append(
+                SummaryRow(
+                    what=f"analysis, {size:,} targets × 1 h",
+                    ours=f"{run.total_s:.2f} s",
+                    peer="—",
+                    ratio="—",
+                    goal="—",
+                    met=None,
+                )
+            )
+    load_rows = []
     with tempfile.TemporaryDirectory() as folder:
         engine = create_db_engine(f"sqlite:///{Path(folder) / 'bench.db'}")
-        print(measure_load(engine, templates))
+        loads = {"SQLite": measure_load(engine, templates, load_targets)}
         engine.dispose()
     if postgres_url:
         url, drop = _postgres_database(postgres_url)
         try:
             engine = create_db_engine(url)
-            print(measure_load(engine, templates))
+            loads["PostgreSQL"] = measure_load(engine, templates, load_targets)
             engine.dispose()
         finally:
             drop()
-    print(f"\ntotal run time {time.perf_counter() - started:.0f} s")
+    for database, load in loads.items():
+        load_rows.append(load.cells(database))
+        summary.append(
+            SummaryRow(
+                what=f"loading that hour of {load_targets:,} targets from {database}",
+                ours=f"{load.raw_s:.2f} s",
+                peer=f"bare driver fetch: {load.fetch_s:.2f} s",
+                ratio=f"{load.raw_s / load.fetch_s:.1f}×",
+                goal="—",
+                met=None,
+            )
+        )
+    table = (
+        f"Rows simulated ({len(templates)} servers × {SAMPLES} scrapes, rendered, parsed, "
+        f"mapped) in {simulated_s:.1f} s.\n\n"
+        + markdown_table(
+            [
+                "targets",
+                "rows",
+                "window_stats (s)",
+                "detect (s)",
+                "recommend (s)",
+                "total (s)",
+                "µs per target-sample",
+                "reports",
+                "recommendations",
+            ],
+            analysis_rows,
+        )
+        + "\n\n"
+        + markdown_table(
+            [
+                "database",
+                "rows",
+                "insert_snapshots µs/row",
+                "driver fetch (s)",
+                "load_snapshots (s)",
+                "ratio",
+                "`decode_histograms=False` (s)",
+                "ratio",
+                "+ analysis (s)",
+            ],
+            load_rows,
+        )
+    )
+    report(
+        BenchResult(
+            name="analysis",
+            command="python bench/bench_analysis.py",
+            table=table,
+            summary=summary,
+            versions={"pandas": pd.__version__, "numpy": np.__version__},
+        )
+    )
 
 
 if __name__ == "__main__":
