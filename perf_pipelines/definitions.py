@@ -85,7 +85,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             orchestrator_heartbeat_endpoint=settings.orchestrator_heartbeat_endpoint,
             orchestrator_heartbeat_interval=settings.orchestrator_heartbeat_interval,
             orchestrator_token=_secret("ORCHESTRATOR_TOKEN", settings.orchestrator_token),
-            sidecar_url=f"http://{settings.host}:{settings.port}",
+            sidecar_url=settings.advertised_sidecar_url,
             redis_url=settings.redis_url,
         ),
         "retention": RetentionResource(days=settings.retention_days),

@@ -7,6 +7,7 @@ deployment stops at once instead of failing later in a scrape.
 
 from __future__ import annotations
 
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,12 @@ class Settings(BaseSettings):
     # seed names
     port: int = Field(8002, ge=1, le=65535, description="sidecar HTTP port")
     host: str = Field("127.0.0.1", description="sidecar bind address")
+    sidecar_url: str | None = Field(
+        None,
+        description="the sidecar's URL as the orchestrator reaches it (registration's endpoint); "
+        "default http://HOST:PORT, which is wrong when the sidecar binds 0.0.0.0 or runs in "
+        "another container",
+    )
     environment: Literal["development", "staging", "production", "test"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     agent_id: str = Field("performance-agent-001", pattern=r"^[A-Za-z0-9._-]{1,128}$")
@@ -103,6 +110,11 @@ class Settings(BaseSettings):
     def _orchestrator_url(cls, value: str | None) -> str | None:
         return _check_http_url(value, "ORCHESTRATOR_URL")
 
+    @field_validator("sidecar_url")
+    @classmethod
+    def _sidecar_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value, "SIDECAR_URL")
+
     @field_validator("prometheus_url")
     @classmethod
     def _prometheus_url(cls, value: str | None) -> str | None:
@@ -151,6 +163,15 @@ class Settings(BaseSettings):
             if len(getattr(self, name).split()) != 5:
                 raise ValueError(f"{name.upper()} must be a 5-field cron expression")
         return self
+
+    @property
+    def advertised_sidecar_url(self) -> str:
+        if self.sidecar_url:
+            return self.sidecar_url
+        # A wildcard bind address is no address to reach; this machine's name is the best guess.
+        wildcard = self.host in ("0.0.0.0", "::", "")  # noqa: S104  # nosec B104: compared only
+        host = socket.gethostname() if wildcard else self.host
+        return f"http://{host}:{self.port}"
 
     @cached_property
     def resolved_database_url(self) -> str:

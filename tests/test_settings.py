@@ -1,3 +1,4 @@
+import socket
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,15 @@ from perf_pipelines.settings import SettingsError, load_settings
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
-    for name in ("DATABASE_URL", "ORCHESTRATOR_URL", "ORCHESTRATOR_TOKEN", "PORT", "PERF_TARGETS"):
+    for name in (
+        "DATABASE_URL",
+        "ORCHESTRATOR_URL",
+        "ORCHESTRATOR_TOKEN",
+        "PORT",
+        "HOST",
+        "PERF_TARGETS",
+        "SIDECAR_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -59,6 +68,7 @@ def test_dotenv_file_is_supported(tmp_path: Path) -> None:
         ("LOG_LEVEL", "LOUD"),
         ("ORCHESTRATOR_HEARTBEAT_ENDPOINT", "no-leading-slash"),
         ("OPTIMIZATION_CYCLE_CRON", "every five minutes"),
+        ("SIDECAR_URL", "sidecar:8002"),
     ],
 )
 def test_bad_value_names_the_variable(
@@ -83,3 +93,13 @@ def test_token_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.token == "s3cr3t-token-value"
     assert "s3cr3t-token-value" not in repr(settings)
+
+
+def test_the_sidecar_url_sent_to_the_orchestrator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9100")
+    assert load_settings().advertised_sidecar_url == "http://127.0.0.1:9100"
+    # A wildcard bind address is not reachable: the host name stands in for it.
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    assert load_settings().advertised_sidecar_url == f"http://{socket.gethostname()}:9100"
+    monkeypatch.setenv("SIDECAR_URL", "https://perf-agent.example.internal:8443/")
+    assert load_settings().advertised_sidecar_url == "https://perf-agent.example.internal:8443"

@@ -184,8 +184,7 @@ def _preemption(stats: WindowStats) -> BottleneckReport | None:
 def _queue_saturation(stats: WindowStats) -> BottleneckReport | None:
     if len(stats.running) < MIN_UP_SAMPLES:
         return None
-    waiting = np.nan_to_num(stats.waiting, nan=0.0)
-    running = np.nan_to_num(stats.running, nan=0.0)
+    waiting, running = stats.waiting_or_zero, stats.running_or_zero
     limit, inferred = stats.batch_limit, False
     if limit is None:
         limit, inferred = float(np.max(running)), True  # a plateau is the best guess of the cap
@@ -251,8 +250,7 @@ def _slo_breach(
 def _underutilization(stats: WindowStats) -> BottleneckReport | None:
     if len(stats.running) < MIN_UP_SAMPLES or stats.batch_limit is None:
         return None
-    running = np.nan_to_num(stats.running, nan=0.0)
-    waiting = np.nan_to_num(stats.waiting, nan=0.0)
+    running, waiting = stats.running_or_zero, stats.waiting_or_zero
     kv = stats.kv_usage[~np.isnan(stats.kv_usage)] if len(stats.kv_usage) else np.array([])
     idle = (running <= UNDERUSED_RUNNING_SHARE * stats.batch_limit) & (waiting == 0)
     share = _share(idle)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,16 @@ class WindowStats:
     @property
     def up_share(self) -> float:
         return self.up_samples / self.samples if self.samples else 0.0
+
+    # Several rules read the gauges with missing samples as zero; cached because np.nan_to_num
+    # per rule and target was a third of detect()'s time at 1,000 targets.
+    @cached_property
+    def running_or_zero(self) -> np.ndarray:
+        return np.nan_to_num(self.running, nan=0.0)
+
+    @cached_property
+    def waiting_or_zero(self) -> np.ndarray:
+        return np.nan_to_num(self.waiting, nan=0.0)
 
 
 _COUNTERS = {
