@@ -22,7 +22,6 @@ from perf_pipelines.health.checks import (
     describe_error,
     overall_status,
     read_database,
-    schema_revision,
     write_health,
 )
 from perf_pipelines.health.cron import max_gap_seconds, stale_after_seconds
@@ -45,7 +44,6 @@ __all__ = [
     "max_gap_seconds",
     "overall_status",
     "read_database",
-    "schema_revision",
     "stale_after_seconds",
     "write_health",
 ]

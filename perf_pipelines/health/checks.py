@@ -24,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Engine, insert, inspect, select, text
+from sqlalchemy import Connection, Engine, insert, select, text
 
 from perf_pipelines.logs import REDACT, SecretRedactor
 from perf_pipelines.orchestrator.events import OrchestratorStatus, orchestrator_status
+from perf_pipelines.storage.db import schema_revision
 from perf_pipelines.storage.schema import agent_health
 from perf_pipelines.storage.summary import FleetSummary, fleet_summary
 
@@ -93,17 +94,6 @@ class DatabaseState:
     fleet: FleetSummary | None = None
     link: OrchestratorStatus | None = None
     last_health: RecordedHealth | None = None
-
-
-def schema_revision(connection: Connection) -> str | None:
-    """The Alembic revision the database is at (None: never migrated).
-
-    Plain SQL: Alembic's MigrationContext logs two INFO lines per call, which a probe every few
-    seconds would turn into noise.
-    """
-    if not inspect(connection).has_table("alembic_version"):
-        return None
-    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _last_health(connection: Connection, agent_id: str) -> RecordedHealth | None:

@@ -108,6 +108,8 @@ bottleneck_reports = Table(
     Column("evidence", JSON, nullable=False),
     Column("summary", Text, nullable=False),
     Index("ix_bottleneck_reports_target_window_end", "target", "window_end"),
+    # The newest report (sidecar, /metrics) on every request; migration 0002.
+    Index("ix_bottleneck_reports_created_at", "created_at"),
 )
 
 tuning_recommendations = Table(
@@ -185,6 +187,9 @@ orchestrator_events = Table(
     Column("error", Text, nullable=True),
     Column("detail", JSON, nullable=True),
     Index("ix_orchestrator_events_occurred_at", "occurred_at"),
+    # This agent's latest attempt, and failures per kind, on every health request; migration 0002.
+    Index("ix_orchestrator_events_agent_occurred_at", "agent_id", "occurred_at"),
+    Index("ix_orchestrator_events_success_kind", "success", "kind"),
 )
 
 RECOMMENDATION_STATUSES = ("open", "superseded", "applied", "rejected", "expired")
