@@ -16,6 +16,12 @@ Family keys (what `parse_exposition` returns and `keep` selects):
 
 A series that appears twice keeps its last value. Anything that is not valid exposition text
 raises `ExpositionError` (never another exception type), with the line number.
+
+Speed (see docs/benchmarks.md): `_parse_line` defines what a line means; the sample lines of
+kept families usually go a faster way that gives the same result for the lines it accepts
+(`_SampleParser.parse_region`): str.split instead of a regex, label names checked once per
+parse, a histogram bucket's labels copied from the bucket before it. What a TYPE line declares
+is cached across calls, since a server sends the same TYPE lines on every scrape.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from bisect import bisect_left
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 __all__ = ["ExpositionError", "MetricFamily", "Sample", "parse_exposition"]
 
@@ -88,42 +95,11 @@ def _snippet(line: str) -> str:
     return line if len(line) <= _ERROR_SNIPPET else line[:_ERROR_SNIPPET] + "…"
 
 
-def _parse_float(text: str, line_number: int, what: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ExpositionError(
-            f"line {line_number}: {what} {_snippet(text)!r} is not a number"
-        ) from None
-
-
 class _Types:
     """Maps sample names to (family key, family type) as TYPE lines arrive."""
 
     def __init__(self) -> None:
         self.by_sample: dict[str, tuple[str, str] | None] = {}
-
-    def declare(self, name: str, kind: str) -> None:
-        if kind in ("histogram", "gaugehistogram"):
-            for suffix in _HISTOGRAM_SUFFIXES:
-                self.by_sample[name + suffix] = (name, kind)
-            self.by_sample[name + "_created"] = None
-        elif kind == "summary":
-            self.by_sample[name] = (name, kind)
-            for suffix in _SUMMARY_SUFFIXES:
-                self.by_sample[name + suffix] = (name, kind)
-            self.by_sample[name + "_created"] = None
-        elif kind == "counter":
-            self.by_sample[name] = (name, kind)
-            if not name.endswith("_total"):
-                self.by_sample[name + "_total"] = (name + "_total", kind)
-                self.by_sample[name + "_created"] = None
-            else:
-                self.by_sample[name[: -len("_total")] + "_created"] = None
-        elif kind == "info":
-            self.by_sample[name + "_info"] = (name + "_info", kind)
-        else:
-            self.by_sample[name] = (name, "untyped" if kind == "unknown" else kind)
 
     def family_of(self, sample_name: str) -> tuple[str, str] | None:
         if sample_name in self.by_sample:
@@ -131,24 +107,111 @@ class _Types:
         return sample_name, "untyped"
 
 
-def _wanted_sample_names(keep: Collection[str]) -> frozenset[str]:
+def _declared_samples(name: str, kind: str) -> tuple[tuple[str, tuple[str, str] | None], ...]:
+    """The sample names a TYPE line declares, each with its family (None: dropped)."""
+    entries: list[tuple[str, tuple[str, str] | None]] = []
+    # One tuple per family: the parser recognises a family by identity between lines.
+    family = (name, kind)
+    if kind in ("histogram", "gaugehistogram"):
+        entries += [(name + suffix, family) for suffix in _HISTOGRAM_SUFFIXES]
+        entries.append((name + "_created", None))
+    elif kind == "summary":
+        entries.append((name, family))
+        entries += [(name + suffix, family) for suffix in _SUMMARY_SUFFIXES]
+        entries.append((name + "_created", None))
+    elif kind == "counter":
+        entries.append((name, family))
+        if not name.endswith("_total"):
+            entries.append((name + "_total", (name + "_total", kind)))
+            entries.append((name + "_created", None))
+        else:
+            entries.append((name[: -len("_total")] + "_created", None))
+    elif kind == "info":
+        entries.append((name + "_info", (name + "_info", kind)))
+    else:
+        entries.append((name, (name, "untyped" if kind == "unknown" else kind)))
+    return tuple(entries)
+
+
+# eq=False: hashed and compared by identity, as a cache key (equal selections are one object).
+@dataclass(frozen=True, slots=True, eq=False)
+class _Selection:
+    """What `keep` selects, derived once per distinct `keep` (the collector passes the same
+    frozenset on every scrape, so this is a cache hit after the first)."""
+
+    keep: frozenset[str]
+    # Sample names that can belong to a kept family.
+    wanted: frozenset[str]
+    wanted_sorted: tuple[str, ...]
+
+
+@lru_cache(maxsize=32)
+def _selection(keep: frozenset[str]) -> _Selection:
     names: set[str] = set()
     for key in keep:
         names.add(key)
         names.update(key + suffix for suffix in _HISTOGRAM_SUFFIXES)
-    return frozenset(names)
+    return _Selection(keep, frozenset(names), tuple(sorted(names)))
 
 
-@lru_cache(maxsize=32)
-def _sorted_names(names: frozenset[str]) -> tuple[str, ...]:
-    return tuple(sorted(names))
+# What to do with the samples of a name (see `_resolution`): _SKIP drops a line after reading
+# its name; _INVALID (not a metric name) leaves the line to `_parse_line`, which reports it.
+_SKIP = ("", "")
+_INVALID = ("", "invalid")
 
 
-def _family_wanted(types: _Types, declared: str, wanted: frozenset[str]) -> bool:
-    """Whether any sample name of the just-declared family is wanted."""
-    candidates = (declared, declared + "_total", declared + "_info")
-    candidates += tuple(declared + suffix for suffix in _HISTOGRAM_SUFFIXES)
-    return any(name in wanted and types.by_sample.get(name) is not None for name in candidates)
+def _resolution(
+    name: str, family_info: tuple[str, str] | None, selection: _Selection | None
+) -> tuple[str, str]:
+    """(family key, type), _SKIP or _INVALID for samples called `name`, as `_parse_line`
+    decides it; `family_info` is what the TYPE lines so far file the name under."""
+    if _NAME.fullmatch(name) is None:
+        return _INVALID
+    if selection is not None and name not in selection.wanted:
+        return _SKIP
+    if family_info is None or (selection is not None and family_info[0] not in selection.keep):
+        return _SKIP
+    return family_info
+
+
+class _Declaration(NamedTuple):
+    # (sample name, its family or None for a dropped _created series), for `_Types`
+    entries: tuple[tuple[str, tuple[str, str] | None], ...]
+    # "\n" + the family name when its group may be skipped unread (see `_type_line`)
+    skip_prefix: str | None
+    # The resolution of every declared sample name, to start the parser's cache with
+    resolutions: dict[str, tuple[str, str]]
+    # Whether empty lines at the end of a skippable group may be skipped with it (TGI ends every
+    # group with one): only for a metric name, whose lines `_parse_line` drops without a word
+    # (a line that starts with anything else may be an error it reports).
+    skips_empty_lines: bool
+
+
+# A TYPE line's outcome depends only on its text and the selection; servers repeat the same
+# TYPE lines on every scrape, so this turns a split, a validation, several concatenations, a
+# bisect and the resolution of the family's sample names into one cache lookup.
+@lru_cache(maxsize=1024)
+def _type_line(line: str, selection: _Selection | None) -> _Declaration | None:
+    """What a TYPE line declares; None when it is malformed.
+
+    The skip prefix is set when no wanted sample name starts with the declared name: then no
+    sample of the family, nor a longer name written in its group, can be wanted, and the group
+    may be skipped unread.
+    """
+    parts = line.split(None, 3)
+    if len(parts) != 4 or parts[3].strip() not in _KNOWN_TYPES:
+        return None
+    name = parts[2]
+    skip_prefix = None
+    if selection is not None:
+        wanted_sorted = selection.wanted_sorted
+        after = bisect_left(wanted_sorted, name)
+        if after == len(wanted_sorted) or not wanted_sorted[after].startswith(name):
+            skip_prefix = "\n" + name
+    entries = _declared_samples(name, parts[3].strip())
+    resolutions = {sample: _resolution(sample, info, selection) for sample, info in entries}
+    skips_empty_lines = skip_prefix is not None and _NAME.fullmatch(name) is not None
+    return _Declaration(entries, skip_prefix, resolutions, skips_empty_lines)
 
 
 def _only_lines_of(text: str, start: int, end: int, prefix: str) -> bool:
@@ -177,7 +240,8 @@ def parse_exposition(
     `keep`: only these family keys are built. Both formats require a family's lines to form one
     group after its TYPE line, so the group of an unwanted family is skipped with one `find` for
     the next comment line, without parsing its samples (two counts check that every line of
-    the group starts with the family's name: an untyped family may follow without a comment).
+    the group starts with the family's name: an untyped family may follow without a comment;
+    empty lines at its end, which TGI writes after every family, are skipped with it).
     `max_series` caps the kept samples and `max_labels` the labels of one sample.
     """
     if "\x00" in text:
@@ -190,48 +254,110 @@ def parse_exposition(
             f"{_snippet(text[tail_start:])!r}"
         )
     openmetrics = text.rstrip().endswith("# EOF")
-    keep_set = frozenset(keep) if keep is not None else None
-    wanted = _wanted_sample_names(keep_set) if keep_set is not None else None
-    wanted_sorted = _sorted_names(wanted) if wanted is not None else ()
-    parser = _SampleParser(keep_set, wanted, openmetrics, max_series, max_labels)
-    types = parser.types
+    selection = _selection(frozenset(keep)) if keep is not None else None
+    parser = _SampleParser(selection, openmetrics, max_series, max_labels)
     length = len(text)
     position = 0
     # While set: "\n" + the name of an unwanted family whose group may be skipped unread.
     skip_prefix: str | None = None
+    skips_empty_lines = False
     while position < length:
         if text.startswith("#", position):
             end = text.find("\n", position)
             end = length if end == -1 else end
-            line = text[position:end].rstrip("\r")
-            if line.startswith("# TYPE "):
-                parts = line.split(None, 3)
-                if len(parts) != 4 or parts[3].strip() not in _KNOWN_TYPES:
+            if text.startswith("# HELP ", position):
+                # A HELP line may start an untyped family: look at its lines.
+                skip_prefix, skips_empty_lines = None, False
+            elif text.startswith("# TYPE ", position):
+                line = text[position:end].rstrip("\r")
+                declaration = _type_line(line, selection)
+                if declaration is None:
                     number = _line_number(text, position)
                     raise ExpositionError(f"line {number}: malformed TYPE line {_snippet(line)!r}")
-                types.declare(parts[2], parts[3].strip())
-                skip_prefix = None
-                if wanted is not None and not _family_wanted(types, parts[2], wanted):
-                    # A wanted name that merely starts with this one could hide in the group.
-                    after = bisect_left(wanted_sorted, parts[2])
-                    if after == len(wanted_sorted) or not wanted_sorted[after].startswith(parts[2]):
-                        skip_prefix = "\n" + parts[2]
-            elif line.startswith("# EOF"):
+                parser.declare(declaration)
+                skip_prefix = declaration.skip_prefix
+                skips_empty_lines = declaration.skips_empty_lines
+            elif text.startswith("# EOF", position):
                 if text[end:].strip():
                     raise ExpositionError(
                         f"line {_line_number(text, end) + 1}: content after '# EOF'"
                     )
                 break
             else:
-                skip_prefix = None  # a HELP line may start an untyped family: look at its lines
+                skip_prefix, skips_empty_lines = None, False  # as for HELP
             position = end + 1
             continue
         next_comment = text.find("\n#", position)
         region_end = length if next_comment == -1 else next_comment + 1
-        if skip_prefix is None or not _only_lines_of(text, position, region_end, skip_prefix):
+        lines_end = region_end
+        if skips_empty_lines:
+            while lines_end - 2 >= position and text[lines_end - 2] == "\n":
+                lines_end -= 1
+        if skip_prefix is None or not _only_lines_of(text, position, lines_end, skip_prefix):
             parser.parse_region(text, position, region_end)
         position = region_end
     return parser.families
+
+
+class _LabelNames(dict[str, str]):
+    """Label text before a value's opening quote ('name=' or ',name=') -> the label name.
+
+    Filled on first sight of each piece after checking it: the same few label names recur on
+    every line, so label text is validated and split with a str.split and dict lookups
+    instead of a regex per line. An invalid piece raises KeyError.
+    """
+
+    def __missing__(self, piece: str) -> str:
+        if _LABEL_PIECE.fullmatch(piece) is None:
+            raise KeyError(piece)
+        name = self[piece] = piece.lstrip(",")[:-1]
+        return name
+
+
+_LABEL_PIECE = re.compile(r",?[a-zA-Z_][a-zA-Z0-9_]*=")
+
+
+class _Bucket(NamedTuple):
+    """A histogram bucket's key cut around its `le` value: a later key with the same prefix
+    and suffix and no quote between them has the same labels but for `le`.
+
+    Only made from a key whose labels parsed with no repeated name, so that the cut-out value
+    is the one and only `le`; any quote-free text in its place leaves the other labels as they
+    are, which is what makes copying them exact.
+    """
+
+    prefix: str  # name{...le="
+    suffix: str  # "...}
+    min_length: int
+    name: str
+    family_info: tuple[str, str]
+    labels: dict[str, str]
+
+
+# The list `parse_region` appends to before its first sample (never: no family is _SKIP).
+_NOWHERE: list[Sample] = []
+# Matches no key (a line holds no newline): the bucket before the first one of a region.
+_NO_BUCKET = _Bucket("\n", "", 0, "", _SKIP, {})
+
+
+def _bucket_of(
+    key: str, brace: int, name: str, family_info: tuple[str, str], labels: dict[str, str]
+) -> _Bucket:
+    label_text = key[brace + 1 : -1]
+    if label_text.startswith('le="'):
+        value_at = brace + 5
+    else:
+        found = label_text.find(',le="')
+        if found == -1:
+            return _NO_BUCKET
+        value_at = brace + 1 + found + 5
+    value_end = key.find('"', value_at)
+    # The quote before the value must open one (an odd number of quotes up to it), and no
+    # label name may repeat (one label per pair of quotes).
+    if key.count('"', 0, value_at) % 2 == 0 or len(labels) * 2 != key.count('"'):
+        return _NO_BUCKET
+    prefix, suffix = key[:value_at], key[value_end:]
+    return _Bucket(prefix, suffix, len(prefix) + len(suffix), name, family_info, labels)
 
 
 class _SampleParser:
@@ -239,23 +365,152 @@ class _SampleParser:
 
     def __init__(
         self,
-        keep: frozenset[str] | None,
-        wanted: frozenset[str] | None,
+        selection: _Selection | None,
         openmetrics: bool,
         max_series: int,
         max_labels: int,
     ) -> None:
-        self.keep = keep
-        self.wanted = wanted
+        self.selection = selection
+        self.keep = selection.keep if selection is not None else None
+        self.wanted = selection.wanted if selection is not None else None
         self.openmetrics = openmetrics
         self.max_series = max_series
         self.max_labels = max_labels
         self.types = _Types()
         self.families: dict[str, MetricFamily] = {}
-        self.series: dict[tuple[str, str], Sample] = {}
+        # name{label text} as written -> its sample, to keep the last of duplicate series.
+        self.series: dict[str, Sample] = {}
+        # Sample name -> (family key, type), _SKIP or _INVALID; valid until the next TYPE line.
+        self.resolved: dict[str, tuple[str, str]] = {}
+        self.label_names = _LabelNames()
+
+    def declare(self, declaration: _Declaration) -> None:
+        self.types.by_sample.update(declaration.entries)
+        # Resolutions of other names may change with the TYPE line too: start afresh.
+        self.resolved = declaration.resolutions.copy()
+
+    def _resolve(self, name: str) -> tuple[str, str]:
+        resolution = self.resolved[name] = _resolution(
+            name, self.types.family_of(name), self.selection
+        )
+        return resolution
 
     def parse_region(self, text: str, start: int, end: int) -> None:
-        for index, raw in enumerate(text[start:end].split("\n")):
+        """Parse the sample lines in text[start:end].
+
+        Lines in the plain form servers write (`name{a="x",...} value [timestamp]`, single
+        spaces, no escapes) are parsed with str.split and cached lookups: whether a sample name
+        is kept is decided once per name, label names are checked once per region, and a
+        histogram bucket that repeats the previous bucket's labels but for `le` copies them.
+        Everything else (tabs, escapes, exemplars, blank-but-not-empty lines, anything invalid)
+        goes to `_parse_line`, which defines the semantics; the plain path only takes lines for
+        which it gives exactly the same result.
+        """
+        region = text[start:end]
+        lines = region.split("\n")
+        if "\\" in region or "\t" in region:
+            # Escapes change label values; tabs can separate fields: only the line parser.
+            self._parse_lines(lines, text, start, 0, len(lines))
+            return
+        resolved = self.resolved
+        series = self.series
+        families = self.families
+        # The last bucket of the region, in locals: this loop runs once per sample line.
+        prefix, suffix, min_length, bucket_name, bucket_info, bucket_labels = _NO_BUCKET
+        # The family the last sample went to and its list's append (no family yet: _SKIP).
+        appending_to: tuple[str, str] = _SKIP
+        append = _NOWHERE.append
+        max_series = self.max_series
+        for index, line in enumerate(lines):
+            if not line:
+                continue
+            parts = line.split(" ")
+            if 2 <= len(parts) <= 3:
+                key = parts[0]
+                labels: dict[str, str] | None = None
+                if key.startswith(prefix) and key.endswith(suffix) and len(key) >= min_length:
+                    le = key[len(prefix) : len(key) - len(suffix)]
+                    if '"' not in le:
+                        name = bucket_name
+                        family_info = bucket_info
+                        labels = bucket_labels.copy()
+                        labels["le"] = le
+                if labels is None:
+                    brace = key.find("{")
+                    name = key if brace < 0 else key[:brace]
+                    family_info = resolved.get(name) or self._resolve(name)
+                    if family_info is _SKIP:
+                        continue
+                    if family_info is _INVALID:
+                        pass
+                    elif brace < 0:
+                        labels = {}
+                        key += "{}"  # the series identity, as `_add` writes it
+                    elif key[-1] == "}":
+                        labels = self._labels(key[brace + 1 : -1])
+                        if labels is not None and "le" in labels:
+                            bucket = _bucket_of(key, brace, name, family_info, labels)
+                            prefix, suffix, min_length, bucket_name, bucket_info, bucket_labels = (
+                                bucket
+                            )
+                if labels is not None:
+                    try:
+                        value = float(parts[1])
+                        timestamp = None if len(parts) == 2 else self._timestamp(parts[2])
+                    except ValueError:
+                        labels = None  # for _parse_line to report
+                if labels is not None:
+                    previous = series.get(key)
+                    if previous is None and len(series) < max_series:
+                        sample = series[key] = Sample(name, labels, value, timestamp)
+                        if family_info is not appending_to:
+                            family = families.get(family_info[0])
+                            if family is None:
+                                family = families[family_info[0]] = MetricFamily(*family_info)
+                            appending_to, append = family_info, family.samples.append
+                        append(sample)
+                        continue
+                    if previous is not None:
+                        previous.value = value
+                        previous.timestamp = timestamp
+                        continue
+            self._parse_lines(lines, text, start, index, index + 1)
+
+    def _timestamp(self, text: str) -> float:
+        """A plain line's timestamp in seconds; ValueError where `_add` reports it."""
+        stamp = float(text)
+        if not math.isfinite(stamp):
+            raise ValueError(text)
+        # 0.0.4 timestamps are integer milliseconds; OpenMetrics uses seconds.
+        return stamp if self.openmetrics else stamp / 1000.0
+
+    def _labels(self, label_text: str) -> dict[str, str] | None:
+        """The labels of a plain line's label text; None unless `_FAST_SAMPLE` would accept it
+        (no backslashes: the caller checked) with at most `max_labels` labels."""
+        pieces = label_text.split('"')
+        # Well-formed: name=/,name= pieces alternate with values, the first without a comma,
+        # and the text ends after a closing quote (or a comma after one).
+        count, unclosed = divmod(len(pieces) - 1, 2)
+        if (
+            unclosed
+            or count > self.max_labels
+            or pieces[-1] not in ("", ",")
+            or label_text.startswith(",")
+        ):
+            return None
+        labels = {}
+        label_names = self.label_names
+        try:
+            for i in range(0, 2 * count, 2):
+                labels[label_names[pieces[i]]] = pieces[i + 1]
+        except KeyError:
+            return None
+        return labels
+
+    def _parse_lines(self, lines: list[str], text: str, start: int, first: int, stop: int) -> None:
+        """Parse lines[first:stop] (text[start:] split at newlines) one by one."""
+        for index in range(first, stop):
+            raw = lines[index]
             line = raw[:-1] if raw.endswith("\r") else raw
             if not line or line.isspace():
                 continue
@@ -353,7 +608,8 @@ class _SampleParser:
             # 0.0.4 timestamps are integer milliseconds; OpenMetrics uses seconds.
             timestamp = stamp if self.openmetrics else stamp / 1000.0
         # The label text as written identifies the series: cheaper than sorting label pairs.
-        identity = (name, label_text)
+        # One string, as `parse_region` finds it in the line (a name holds no "{").
+        identity = name + "{" + label_text + "}"
         previous = self.series.get(identity)
         if previous is not None:
             previous.value = value
