@@ -13,13 +13,13 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
-    asset,
     asset_check,
 )
 from sqlalchemy import Connection, func, select
 
 from perf_pipelines.analysis.detection import BottleneckReport, detect
 from perf_pipelines.analysis.window import window_stats
+from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
 from perf_pipelines.dagster_defs.resources import (
     AnalysisResource,
     DatabaseResource,
@@ -38,10 +38,8 @@ _SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 _PREVIEW = 20
 
 
-@asset(
+@cycle_asset(
     deps=[metric_snapshots],
-    group_name="performance",
-    kinds={"python", "sql"},
     description=(
         "Bottlenecks per target and model over the last ANALYSIS_WINDOW_MINUTES of snapshots: "
         "KV-cache pressure, preemption, queue saturation, TTFT/ITL SLO breaches, "
@@ -54,7 +52,7 @@ def bottleneck_reports(
     targets: TargetsResource,
     analysis: AnalysisResource,
 ) -> MaterializeResult:
-    target_map = {t.name: t for t in targets.load()}
+    target_map = targets.by_name()
     end = datetime.now(UTC)
     start = end - timedelta(minutes=analysis.window_minutes)
     engine = database.get_engine()
@@ -122,10 +120,8 @@ def _reports_of_run(connection: Connection, run_id: str) -> list[BottleneckRepor
     ]
 
 
-@asset(
+@cycle_asset(
     deps=[bottleneck_reports],
-    group_name="performance",
-    kinds={"python", "sql"},
     description=(
         "KV-cache, quantization and batch-size advice in each engine's own flags, with rationale, "
         "evidence, expected effect and confidence; supersedes older open advice."
@@ -137,7 +133,7 @@ def tuning_recommendations(
     targets: TargetsResource,
     analysis: AnalysisResource,
 ) -> MaterializeResult:
-    target_map = {t.name: t for t in targets.load()}
+    target_map = targets.by_name()
     engine = database.get_engine()
     run_id = context.run.run_id
     with engine.connect() as connection:

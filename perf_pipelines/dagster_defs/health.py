@@ -19,7 +19,6 @@ from dagster import (
     AssetSelection,
     ConfigurableResource,
     DagsterRunStatus,
-    DefaultScheduleStatus,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -32,6 +31,7 @@ from dagster import (
 )
 from sqlalchemy.engine import make_url
 
+from perf_pipelines.dagster_defs.jobs import running_schedule
 from perf_pipelines.dagster_defs.resources import AgentResource, DatabaseResource, TargetsResource
 from perf_pipelines.formatting import markdown_table
 from perf_pipelines.health import (
@@ -190,10 +190,4 @@ health_check = define_asset_job(
 
 def health_check_schedule(cron: str) -> ScheduleDefinition:
     # Running by default, like the optimization cycle: health rows are expected from the start.
-    return ScheduleDefinition(
-        name="health_check_schedule",
-        job=health_check,
-        cron_schedule=cron,
-        default_status=DefaultScheduleStatus.RUNNING,
-        execution_timezone="UTC",
-    )
+    return running_schedule("health_check_schedule", health_check, cron)

@@ -13,13 +13,13 @@ from dagster import (
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
-    asset,
     asset_check,
 )
 from sqlalchemy import select
 
 from perf_pipelines.analysis.outcomes import evaluate_outcome
 from perf_pipelines.dagster_defs.analysis import tuning_recommendations
+from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
 from perf_pipelines.dagster_defs.resources import (
     AnalysisResource,
     DatabaseResource,
@@ -31,10 +31,8 @@ from perf_pipelines.storage.schema import tuning_recommendations as recommendati
 from perf_pipelines.storage.snapshots import load_snapshots
 
 
-@asset(
+@cycle_asset(
     deps=[tuning_recommendations],
-    group_name="performance",
-    kinds={"python", "sql"},
     description=(
         "For advice marked applied: compares the window before the change with an equally long "
         "window after it (SLO attainment, TTFT/ITL p95, preemptions, queue, throughput) and sets "
@@ -50,7 +48,7 @@ def recommendation_outcomes(
     window = timedelta(minutes=analysis.window_minutes)
     settle = timedelta(minutes=analysis.outcome_settle_minutes)
     now = datetime.now(UTC)
-    target_map = {t.name: t for t in targets.load()}
+    target_map = targets.by_name()
     engine = database.get_engine()
     with engine.connect() as connection:
         pending = awaiting_outcome(connection, ready_before=now - settle - window)

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import (
     ConfigurableResource,
-    DefaultScheduleStatus,
     MetadataValue,
     OpExecutionContext,
     Output,
@@ -18,6 +17,7 @@ from dagster import (
     op,
 )
 
+from perf_pipelines.dagster_defs.jobs import running_schedule
 from perf_pipelines.dagster_defs.resources import DatabaseResource
 from perf_pipelines.storage.retention import delete_older_than
 
@@ -55,10 +55,4 @@ def retention() -> None:
 
 def retention_schedule(cron: str) -> ScheduleDefinition:
     # Running by default: unbounded growth is a failure that shows up only weeks later.
-    return ScheduleDefinition(
-        name="retention_schedule",
-        job=retention,
-        cron_schedule=cron,
-        default_status=DefaultScheduleStatus.RUNNING,
-        execution_timezone="UTC",
-    )
+    return running_schedule("retention_schedule", retention, cron)

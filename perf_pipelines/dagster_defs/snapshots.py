@@ -15,13 +15,13 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
     asset_check,
 )
 from sqlalchemy import and_, func, or_, select
 
 from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
+from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
 from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
 from perf_pipelines.formatting import format_value, markdown_table
 from perf_pipelines.sources.cycle import read_cycle, targets_needing_backfill
@@ -53,9 +53,7 @@ def _preview(results: list[ScrapeResult]) -> str:
     return markdown_table(header, rows)
 
 
-@asset(
-    group_name="performance",
-    kinds={"python", "sql"},
+@cycle_asset(
     description=(
         "Scrapes /metrics of every target in PERF_TARGETS (SCRAPE_SAMPLES rounds, "
         "SCRAPE_INTERVAL_S apart), or reads the same series from PROMETHEUS_URL when set, and "
