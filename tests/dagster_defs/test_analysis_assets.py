@@ -14,18 +14,6 @@ from dagster import AssetCheckSeverity, ExecuteInProcessResult, materialize
 from sqlalchemy import Engine, select, text
 
 from perf_pipelines.analysis.detection import MIN_SPAN_S
-from perf_pipelines.dagster_defs.analysis import (
-    bottleneck_reports,
-    no_critical_bottlenecks,
-    recommendations_consistent,
-    tuning_recommendations,
-)
-from perf_pipelines.dagster_defs.resources import (
-    AnalysisResource,
-    DatabaseResource,
-    ScraperResource,
-    TargetsResource,
-)
 from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 from perf_pipelines.simulator.fleet import Fleet
 from perf_pipelines.simulator.http import run_fleet_in_thread
@@ -33,24 +21,9 @@ from perf_pipelines.simulator.scenarios import kv_pressure, targets_for
 from perf_pipelines.storage.db import create_db_engine
 from perf_pipelines.storage.schema import bottleneck_reports as reports_table
 from perf_pipelines.storage.schema import tuning_recommendations as recommendations_table
+from tests.support.cycle import CYCLE, cycle_resources
 
 SERVER = "vllm-llama70b-kv"  # Llama-3.1-70B on 4×H100 at gpu_memory_utilization 0.56
-CYCLE = [
-    metric_snapshots,
-    bottleneck_reports,
-    tuning_recommendations,
-    no_critical_bottlenecks,
-    recommendations_consistent,
-]
-
-
-def _resources(database_url: str, targets: Path, samples: int, interval_s: float) -> dict:
-    return {
-        "database": DatabaseResource(url=database_url),
-        "targets": TargetsResource(path=str(targets)),
-        "scraper": ScraperResource(timeout_s=2.0, samples=samples, interval_s=interval_s),
-        "analysis": AnalysisResource(window_minutes=15),
-    }
 
 
 def _checks(result: ExecuteInProcessResult) -> dict[str, Any]:
@@ -86,10 +59,12 @@ def test_kv_pressure_cycle_reports_recommends_and_does_not_duplicate(
         targets.write_text(yaml.safe_dump(targets_for(specs, base_url)))
         history = materialize(
             [metric_snapshots],
-            resources=_resources(database_url, targets, samples=3, interval_s=MIN_SPAN_S / 2 + 0.5),
+            resources=cycle_resources(
+                database_url, targets, samples=3, interval_s=MIN_SPAN_S / 2 + 0.5
+            ),
         )
         assert history.success
-        quick = _resources(database_url, targets, samples=2, interval_s=0.2)
+        quick = cycle_resources(database_url, targets, samples=2, interval_s=0.2)
         first = materialize(CYCLE, resources=quick)
         engine = create_db_engine(database_url)
         after_first = _recommendations(engine)

@@ -17,19 +17,6 @@ from sqlalchemy import Engine, func, select, text
 
 from perf_pipelines.collection.collector import ScrapeLimits, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
-from perf_pipelines.dagster_defs.analysis import (
-    bottleneck_reports,
-    no_critical_bottlenecks,
-    recommendations_consistent,
-    tuning_recommendations,
-)
-from perf_pipelines.dagster_defs.resources import (
-    AnalysisResource,
-    DatabaseResource,
-    ScraperResource,
-    TargetsResource,
-)
-from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 from perf_pipelines.recommendations.rules import Recommendation
 from perf_pipelines.simulator.fleet import Fleet
 from perf_pipelines.simulator.http import run_fleet_in_thread
@@ -41,14 +28,7 @@ from perf_pipelines.storage.schema import tuning_recommendations as recommendati
 from perf_pipelines.storage.snapshots import insert_snapshots
 from perf_pipelines.targets import load_targets
 from tests.reliability.support import duplicate_snapshot_keys, rows_by_run
-
-CYCLE = [
-    metric_snapshots,
-    bottleneck_reports,
-    tuning_recommendations,
-    no_critical_bottlenecks,
-    recommendations_consistent,
-]
+from tests.support.cycle import CYCLE, cycle_resources
 
 
 def _advice(value: float) -> Recommendation:
@@ -155,12 +135,9 @@ def test_two_optimization_cycles_at_once_keep_the_tables_correct(
         targets.write_text(yaml.safe_dump(targets_for(specs, base_url)))
         _seed_history(engine, fleet, targets)
         fleet.switch_to_real_time()
-        resources = {
-            "database": DatabaseResource(url=postgres_url),
-            "targets": TargetsResource(path=str(targets)),
-            "scraper": ScraperResource(timeout_s=3.0, samples=2, interval_s=0.3),
-            "analysis": AnalysisResource(window_minutes=5),
-        }
+        resources = cycle_resources(
+            postgres_url, targets, samples=2, interval_s=0.3, timeout_s=3.0, window_minutes=5
+        )
         results: list[ExecuteInProcessResult] = []
         errors: list[BaseException] = []
         start = threading.Barrier(2, timeout=30)

@@ -1,0 +1,44 @@
+"""What in-process tests of the optimization cycle share: its assets with their checks, and the
+resources that run them against a database and a targets file."""
+
+from pathlib import Path
+
+from perf_pipelines.dagster_defs.analysis import (
+    bottleneck_reports,
+    no_critical_bottlenecks,
+    recommendations_consistent,
+    tuning_recommendations,
+)
+from perf_pipelines.dagster_defs.resources import (
+    AnalysisResource,
+    DatabaseResource,
+    ScraperResource,
+    TargetsResource,
+)
+from perf_pipelines.dagster_defs.snapshots import metric_snapshots
+
+# Scrape → detect → recommend, with the checks that judge each step.
+CYCLE = [
+    metric_snapshots,
+    bottleneck_reports,
+    tuning_recommendations,
+    no_critical_bottlenecks,
+    recommendations_consistent,
+]
+
+
+def cycle_resources(
+    database_url: str,
+    targets: Path,
+    *,
+    samples: int,
+    interval_s: float,
+    timeout_s: float = 2.0,
+    window_minutes: float = 15,
+) -> dict[str, object]:
+    return {
+        "database": DatabaseResource(url=database_url),
+        "targets": TargetsResource(path=str(targets)),
+        "scraper": ScraperResource(timeout_s=timeout_s, samples=samples, interval_s=interval_s),
+        "analysis": AnalysisResource(window_minutes=window_minutes),
+    }
