@@ -25,12 +25,12 @@ from dagster import (
 from perf_pipelines import __version__
 from perf_pipelines.dagster_defs.resources import AgentResource, DatabaseResource, TargetsResource
 from perf_pipelines.logs import REDACT, SecretRedactor
-from perf_pipelines.orchestrator import (
+from perf_pipelines.orchestrator.client import OrchestratorClient
+from perf_pipelines.orchestrator.events import insert_events
+from perf_pipelines.orchestrator.heartbeat import (
     AgentReport,
     HeartbeatConfig,
     HeartbeatState,
-    OrchestratorClient,
-    insert_events,
     report_from_fleet,
     run_tick,
 )

@@ -2,39 +2,11 @@
 
 Plain Python (httpx, SQLAlchemy Core), no Dagster: the `orchestrator_heartbeat` sensor in
 `perf_pipelines.dagster_defs.sensors` is a thin wrapper that keeps `HeartbeatState` in its cursor.
+
+- `client`: the HTTP client (httpx) and one attempt's record;
+- `heartbeat`: payloads, back-off and one sensor tick;
+- `events`: the `orchestrator_events` table and what its latest rows say.
+
+Nothing is re-exported here: the health checks (and so the sidecar) read `events` without
+loading the HTTP client (httpx and what it pulls in: ~5 MiB of the sidecar's memory).
 """
-
-from perf_pipelines.orchestrator.client import Attempt, OrchestratorClient
-from perf_pipelines.orchestrator.events import (
-    OrchestratorStatus,
-    insert_events,
-    orchestrator_status,
-)
-from perf_pipelines.orchestrator.heartbeat import (
-    AgentReport,
-    HeartbeatConfig,
-    HeartbeatState,
-    TickOutcome,
-    backoff_delay,
-    heartbeat_payload,
-    registration_payload,
-    report_from_fleet,
-    run_tick,
-)
-
-__all__ = [
-    "AgentReport",
-    "Attempt",
-    "HeartbeatConfig",
-    "HeartbeatState",
-    "OrchestratorClient",
-    "OrchestratorStatus",
-    "TickOutcome",
-    "backoff_delay",
-    "heartbeat_payload",
-    "insert_events",
-    "orchestrator_status",
-    "registration_payload",
-    "report_from_fleet",
-    "run_tick",
-]

@@ -181,3 +181,27 @@ def test_sidecar_process_never_logs_the_token(tmp_path: Path) -> None:
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_a_sidecar_on_a_current_database_loads_neither_alembic_nor_httpx(tmp_path: Path) -> None:
+    # Alembic (~10 MiB) is only needed for a pending migration, httpx (~5 MiB) only by the
+    # orchestrator client; the sidecar's memory figure in docs/benchmarks.md depends on both.
+    url = f"sqlite:///{tmp_path / 'perf.db'}"
+    ensure_schema(create_db_engine(url))
+    probe = (
+        "import sys\n"
+        "from perf_pipelines.settings import load_settings\n"
+        "from perf_pipelines.sidecar.app import create_app\n"
+        "from perf_pipelines.sidecar.cli import _migrate_in_background\n"
+        "from perf_pipelines.storage.db import create_db_engine\n"
+        "settings = load_settings()\n"
+        "create_app(settings)\n"
+        "_migrate_in_background(create_db_engine(settings.resolved_database_url)).join(10)\n"
+        "print(sorted(m for m in ('alembic', 'httpx') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in _OURS} | {"DATABASE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
