@@ -166,18 +166,33 @@ _CONNECTIONS_PER_ORIGIN = 8
 
 
 class ClientPool:
-    """One small httpx client per origin (scheme, host, port), sharing one TLS context."""
+    """One small httpx client per origin (scheme, host, port), sharing one TLS context, and as
+    many requests in flight per origin as its client has connections."""
 
     def __init__(self, limits: ScrapeLimits) -> None:
         self._limits = limits
         self._clients: dict[tuple[str, str, int], httpx.AsyncClient] = {}
+        self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         # Building a TLS context loads the CA bundle (milliseconds): do it once, not per origin.
         self._tls = ssl.create_default_context()
+
+    def _connections(self) -> int:
+        return min(self._limits.concurrency, _CONNECTIONS_PER_ORIGIN)
+
+    def slots_for(self, target: Target) -> asyncio.Semaphore:
+        """Held while a request to the target's origin is in flight. Requests beyond the pool's
+        connections would wait inside httpcore, which rescans every waiting request on each
+        event (12 % of the collector's CPU with 1,000 targets behind one address); waiting here
+        is free, and a target's timeout no longer counts time spent behind other targets."""
+        slots = self._slots.get(target.origin)
+        if slots is None:
+            slots = self._slots[target.origin] = asyncio.Semaphore(self._connections())
+        return slots
 
     def client_for(self, target: Target) -> httpx.AsyncClient:
         client = self._clients.get(target.origin)
         if client is None:
-            connections = min(self._limits.concurrency, _CONNECTIONS_PER_ORIGIN)
+            connections = self._connections()
             client = httpx.AsyncClient(
                 follow_redirects=False,
                 timeout=httpx.Timeout(self._limits.timeout_s),
@@ -194,6 +209,7 @@ class ClientPool:
     async def aclose(self) -> None:
         await asyncio.gather(*(client.aclose() for client in self._clients.values()))
         self._clients.clear()
+        self._slots.clear()
 
 
 async def scrape_round(
@@ -203,7 +219,8 @@ async def scrape_round(
     semaphore = asyncio.Semaphore(limits.concurrency)
 
     async def bounded(target: Target) -> ScrapeResult:
-        async with semaphore:
+        # The origin's slot first: a task waiting for a busy origin holds no global slot.
+        async with pool.slots_for(target), semaphore:
             return await scrape_target(pool.client_for(target), target, limits)
 
     return list(await asyncio.gather(*(bounded(t) for t in targets)))
