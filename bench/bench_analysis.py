@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,9 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from benchkit import BenchResult, SummaryRow, markdown_table, report
-from sqlalchemy import JSON, Engine, create_engine, insert, select, text
-from sqlalchemy.engine import make_url
+from benchkit import BenchResult, SummaryRow, fresh_postgres_database, markdown_table, report
+from sqlalchemy import JSON, Engine, insert, select
 
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
@@ -308,21 +306,6 @@ def analyse(frame: pd.DataFrame, targets: dict[str, Target], repeats: int) -> An
     )
 
 
-def _postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    """A fresh database next to the given one, and how to drop it (as the tests do)."""
-    name = f"perf_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), drop
-
-
 def fill(
     engine: Engine, templates: list[Template], load_targets: int
 ) -> tuple[dict[str, Target], float]:
@@ -469,7 +452,7 @@ def main() -> None:
         loads = {"SQLite": measure_load(engine, templates, load_targets)}
         engine.dispose()
     if postgres_url:
-        url, drop = _postgres_database(postgres_url)
+        url, drop = fresh_postgres_database(postgres_url)
         try:
             engine = create_db_engine(url)
             loads["PostgreSQL"] = measure_load(engine, templates, load_targets)

@@ -21,6 +21,7 @@ from benchkit import (
     markdown_table,
     report,
     self_cpu_seconds,
+    stop_process,
     wait_for_http,
 )
 
@@ -82,8 +83,7 @@ def main() -> None:
             )
         ]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        stop_process(server)
     report(
         BenchResult(
             name="collector",

@@ -59,6 +59,7 @@ from benchkit import (  # bench/ is not a package: run as a script, its folder o
     markdown_table,
     ratio,
     report,
+    stop_process,
     wait_for_http,
 )
 
@@ -102,12 +103,7 @@ def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subpro
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace_s=15)
 
 
 def _wait_for_grpc(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

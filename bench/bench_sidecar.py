@@ -35,6 +35,7 @@ from benchkit import (
     process_memory_mib,
     ratio,
     report,
+    stop_process,
 )
 from sqlalchemy import Engine
 
@@ -298,18 +299,8 @@ def spawn_sidecar(
             # 10 ms: the start-up figure is ~1 s, and a tighter loop would take CPU from it.
             time.sleep(0.01)
     except BaseException:
-        stop(process)
+        stop_process(process)
         raise
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 # --- imports ----------------------------------------------------------------------------------
@@ -473,7 +464,7 @@ def main() -> None:
             time.sleep(0.5)
             memory_started.append(process_memory_mib(process.pid))
             if spawn < mode.spawns - 1:
-                stop(process)
+                stop_process(process)
         assert process is not None
         # Warm up: first connections to SQLite, first JSON encodes, threads in the pools.
         for route in ROUTES:
@@ -489,7 +480,7 @@ def main() -> None:
         memory_loaded = process_memory_mib(process.pid)
     finally:
         if process is not None:
-            stop(process)
+            stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
     wall = time.perf_counter() - wall
 

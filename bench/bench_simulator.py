@@ -21,6 +21,7 @@ from benchkit import (
     markdown_table,
     process_cpu_seconds,
     report,
+    stop_process,
     wait_for_http,
 )
 
@@ -55,8 +56,7 @@ def main() -> None:
             wall = time.monotonic() - wall_start
             cpu = process_cpu_seconds(process.pid) - cpu_start
         finally:
-            process.terminate()
-            process.wait(timeout=10)
+            stop_process(process)
     down = sum(1 for results in rounds_done for r in results if not r.up)
     scrapes = servers * rounds
     table = markdown_table(

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench_analysis import Template, _postgres_database, plan, rows, simulate_templates
-from benchkit import BenchResult, SummaryRow, markdown_table, report
+from bench_analysis import Template, plan, rows, simulate_templates
+from benchkit import BenchResult, SummaryRow, fresh_postgres_database, markdown_table, report
 from sqlalchemy import Engine, func, select, text
 
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
@@ -87,7 +87,7 @@ def main() -> None:
         measured["SQLite"] = measure(engine, sqlite_bytes, templates, targets)
         engine.dispose()
     if postgres_url:
-        url, drop = _postgres_database(postgres_url)
+        url, drop = fresh_postgres_database(postgres_url)
         engine = create_db_engine(url)
         try:
             measured["PostgreSQL"] = measure(

@@ -58,6 +58,7 @@ from benchkit import (
     ratio,
     report,
     self_cpu_seconds,
+    stop_process,
     wait_for_http,
 )
 
@@ -101,13 +102,7 @@ def running(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
+        stop_process(process)
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float) -> None:

@@ -12,12 +12,16 @@ import json
 import os
 import resource
 import socket
+import subprocess
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPOSITIONS = ROOT / "tests" / "fixtures" / "expositions"
@@ -69,6 +73,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`: a benchmark never leaves a server running."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 def wait_for_http(url: str, timeout_s: float = 30.0) -> float:
     """Poll `url` until it answers 2xx; return the seconds it took."""
     started = time.monotonic()
@@ -113,3 +128,18 @@ def child_cpu_seconds(pid: int) -> float:
     how to read what a short-lived worker it spawned used, once the worker has exited."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def fresh_postgres_database(admin_url: str) -> tuple[str, Callable[[], None]]:
+    """A fresh database next to the given one, and how to drop it (as the tests do)."""
+    name = f"perf_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), drop
