@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import yaml
 
+from perf_pipelines.settings import is_wildcard_address
 from perf_pipelines.simulator.fleet import Fleet
 from perf_pipelines.simulator.http import make_server
 from perf_pipelines.simulator.scenarios import SCENARIOS, load_fleet_file, scale, targets_for
@@ -71,8 +72,7 @@ def fleet(
     simulated.advance(warmup)  # servers look like they have been serving for a while
     simulated.switch_to_real_time()
     # A wildcard bind is reachable on loopback too; the targets file needs a concrete host.
-    wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - comparing, not binding
-    base_url = f"http://{'127.0.0.1' if wildcard else host}:{port}"
+    base_url = f"http://{'127.0.0.1' if is_wildcard_address(host) else host}:{port}"
     if write_targets is not None:
         write_targets.parent.mkdir(parents=True, exist_ok=True)
         write_targets.write_text(yaml.safe_dump(targets_for(specs, base_url), sort_keys=False))

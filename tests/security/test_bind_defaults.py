@@ -152,9 +152,9 @@ def test_every_bind_default_in_the_code_is_loopback() -> None:
 
 def test_wildcard_literals_appear_only_where_allowed() -> None:
     allowed = {
-        # compares the --host value to print a usable URL; binds nothing
-        ("perf_pipelines/simulator/cli.py", "0.0.0.0"),
-        ("perf_pipelines/simulator/cli.py", "::"),
+        # is_wildcard_address(): compares a host to tell clients a usable URL; binds nothing
+        ("perf_pipelines/settings.py", "0.0.0.0"),
+        ("perf_pipelines/settings.py", "::"),
     }
     seen = set()
     for path in sorted(PACKAGE.rglob("*.py")):
