@@ -10,12 +10,16 @@ import asyncio
 import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from perf_pipelines import __version__
 from perf_pipelines.logs import configure_logging
 from perf_pipelines.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from perf_pipelines.targets import Target
 
 # name -> "module:attribute" of a click command defined next to the code it drives
 _LAZY_COMMANDS: dict[str, str] = {
@@ -51,6 +55,20 @@ def settings_or_exit() -> Settings:
         settings.log_level, settings.agent_id, settings.agent_type, secrets=[settings.token]
     )
     return settings
+
+
+def targets_or_exit(path: Path | None, settings: Settings) -> tuple[Path, list[Target]]:
+    """The targets file given, else PERF_TARGETS, and its targets; or exit with its problem."""
+    from perf_pipelines.targets import TargetsError, load_targets
+
+    chosen = path or settings.perf_targets
+    if chosen is None:
+        raise click.UsageError("give a targets file or set PERF_TARGETS")
+    try:
+        return chosen, load_targets(chosen)
+    except TargetsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 @click.group(cls=_LazyGroup)
@@ -102,17 +120,7 @@ def db_downgrade(revision: str) -> None:
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 def validate_targets(path: Path | None) -> None:
     """Check a targets file (default: PERF_TARGETS) without scraping anything."""
-    from perf_pipelines.targets import TargetsError, load_targets
-
-    settings = settings_or_exit()
-    chosen = path or settings.perf_targets
-    if chosen is None:
-        raise click.UsageError("give a path or set PERF_TARGETS")
-    try:
-        targets = load_targets(chosen)
-    except TargetsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    chosen, targets = targets_or_exit(path, settings_or_exit())
     click.echo(f"{chosen}: {len(targets)} target(s) OK")
 
 
@@ -122,17 +130,9 @@ def scrape(path: Path | None) -> None:
     """Scrape every target once and print what was read (nothing is stored)."""
     from perf_pipelines.collection.collector import ScrapeLimits, collect
     from perf_pipelines.formatting import format_value
-    from perf_pipelines.targets import TargetsError, load_targets
 
     settings = settings_or_exit()
-    chosen = path or settings.perf_targets
-    if chosen is None:
-        raise click.UsageError("give a path or set PERF_TARGETS")
-    try:
-        targets = load_targets(chosen)
-    except TargetsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    _, targets = targets_or_exit(path, settings)
     limits = ScrapeLimits(
         timeout_s=settings.scrape_timeout_s,
         concurrency=settings.scrape_concurrency,

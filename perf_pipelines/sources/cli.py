@@ -110,20 +110,13 @@ def discover_command(write_targets: Path | None, lookback_minutes: float) -> Non
 def backfill_command(path: Path | None, minutes: float | None, step_s: float | None) -> None:
     """Load history from Prometheus into metric_snapshots for every target (default
     PERF_TARGETS), up to each target's oldest stored row. Re-running adds nothing."""
+    from perf_pipelines.cli import targets_or_exit
     from perf_pipelines.sources.cycle import backfill
     from perf_pipelines.storage.db import create_db_engine, ensure_schema
-    from perf_pipelines.targets import TargetsError, load_targets
 
     settings = _settings()
     config = _config(settings)
-    chosen = path or settings.perf_targets
-    if chosen is None:
-        raise click.UsageError("give a targets file or set PERF_TARGETS")
-    try:
-        targets = load_targets(chosen)
-    except TargetsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+    _, targets = targets_or_exit(path, settings)
     engine = create_db_engine(settings.resolved_database_url)
     ensure_schema(engine)
     outcome = backfill(
