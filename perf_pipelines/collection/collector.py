@@ -63,7 +63,8 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
-async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    """The streamed body, refused (ScrapeError) as soon as it is known to exceed `max_bytes`."""
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise ScrapeError(f"body of {int(declared)} bytes exceeds the {max_bytes}-byte cap")
@@ -98,7 +99,7 @@ async def fetch_metrics(client: httpx.AsyncClient, url: str, max_bytes: int) -> 
                 raise ScrapeError(
                     f"unexpected content type {content_type.split(';')[0]!r}, not a metrics page"
                 )
-            return await _read_capped(response, max_bytes)
+            return await read_capped(response, max_bytes)
     raise ScrapeError(f"more than {_MAX_REDIRECTS} redirects")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from perf_pipelines.collection.collector import ScrapeError, read_capped
 from perf_pipelines.logs import REDACT
 from perf_pipelines.settings import _check_http_url
 
@@ -170,20 +171,10 @@ class PrometheusClient:
         return self._decode(response, body, path)
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
-        cap = self.config.max_bytes
-        declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cap:
-            raise PrometheusError(
-                f"Prometheus response of {int(declared)} bytes exceeds the {cap}-byte cap"
-            )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise PrometheusError(f"Prometheus response exceeds the {cap}-byte cap")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return await read_capped(response, self.config.max_bytes)
+        except ScrapeError as exc:
+            raise PrometheusError(f"Prometheus response: {exc}") from None
 
     def _decode(self, response: httpx.Response, body: bytes, path: str) -> ApiResult:
         status = response.status_code
