@@ -97,11 +97,11 @@ def db_upgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Show the database's revision and the code's head revision."""
-    from perf_pipelines.storage.db import create_db_engine, current_revision, head_revision
+    from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine, current_revision
 
     settings = settings_or_exit()
     engine = create_db_engine(settings.resolved_database_url)
-    click.echo(f"current: {current_revision(engine)}  head: {head_revision()}")
+    click.echo(f"current: {current_revision(engine)}  head: {HEAD_REVISION}")
 
 
 @db.command("downgrade")

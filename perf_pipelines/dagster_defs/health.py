@@ -45,7 +45,7 @@ from perf_pipelines.health import (
     stale_after_seconds,
     write_health,
 )
-from perf_pipelines.storage.db import head_revision
+from perf_pipelines.storage.db import HEAD_REVISION
 from perf_pipelines.targets import TargetsError
 
 OPTIMIZATION_CYCLE_JOB = "optimization_cycle"
@@ -140,7 +140,7 @@ def agent_health(
         config_error = str(exc)[:300]
     components = database_components(
         read_database(engine, agent.agent_id),
-        head_revision(),
+        HEAD_REVISION,
         now,
         targets_configured=configured,
         targets_error=config_error,

@@ -206,11 +206,10 @@ def create_app(
     settings: Settings, engine: Engine | None = None, db_deadline_s: float = DB_DEADLINE_S
 ) -> FastAPI:
     """The sidecar as an ASGI app. Without `engine`, one is made from DATABASE_URL."""
-    from perf_pipelines.storage.db import create_db_engine, head_revision
+    from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine
 
     own_engine = engine is None
     db = engine if engine is not None else create_db_engine(settings.resolved_database_url)
-    head = head_revision()
     health_stale_after_s = stale_after_seconds(settings.health_check_cron)
     token = settings.token
     started_monotonic = time.monotonic()
@@ -286,7 +285,7 @@ def create_app(
         now = datetime.now(UTC)
         components = database_components(
             state,
-            head,
+            HEAD_REVISION,
             now,
             # The targets file is the job's to read; here only whether PERF_TARGETS is set.
             targets_configured=0 if settings.perf_targets is None else None,

@@ -65,11 +65,6 @@ def _alembic_config(connection: Connection) -> Config:
     return config
 
 
-def head_revision() -> str:
-    """The revision this code expects the database at."""
-    return HEAD_REVISION
-
-
 def schema_revision(connection: Connection) -> str | None:
     """The Alembic revision the database is at (None: never migrated).
 

@@ -27,7 +27,7 @@ from perf_pipelines.health.checks import (
     write_health,
 )
 from perf_pipelines.orchestrator.events import OrchestratorStatus
-from perf_pipelines.storage.db import create_db_engine, ensure_schema, head_revision
+from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine, ensure_schema
 from perf_pipelines.storage.schema import agent_health, orchestrator_events
 from perf_pipelines.storage.summary import FleetSummary
 from tests.health.redis_server import run_redis
@@ -37,14 +37,14 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _check_database(engine: Engine) -> ComponentHealth:
-    return check_database(read_database(engine, "perf-1"), head_revision())
+    return check_database(read_database(engine, "perf-1"), HEAD_REVISION)
 
 
 def test_database_ok_then_behind_head(db_engine: Engine) -> None:
     ensure_schema(db_engine)
     ok = _check_database(db_engine)
     assert ok.status == "ok" and ok.latency_ms is not None
-    assert ok.data["revision"] == ok.data["head"] == head_revision()
+    assert ok.data["revision"] == ok.data["head"] == HEAD_REVISION
     with db_engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'older'"))
     behind = _check_database(db_engine)
@@ -58,7 +58,7 @@ def test_database_never_migrated(db_engine: Engine) -> None:
     assert state.reachable and state.revision is None and state.fleet is None
     components = database_components(
         state,
-        head_revision(),
+        HEAD_REVISION,
         NOW,
         targets_configured=3,
         orchestrator_configured=True,
@@ -74,7 +74,7 @@ def test_database_never_migrated(db_engine: Engine) -> None:
     assert check_recorded_dagster(state, NOW, 240).detail == NOT_JUDGED
     assert overall_status(components) == "unhealthy"
     standalone = database_components(
-        state, head_revision(), NOW, targets_configured=3, orchestrator_configured=False,
+        state, HEAD_REVISION, NOW, targets_configured=3, orchestrator_configured=False,
         heartbeat_interval_s=30,
     )  # fmt: skip
     assert standalone["orchestrator"].status == "not_configured"

@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from perf_pipelines import __version__
 from perf_pipelines.settings import CAPABILITIES
-from perf_pipelines.storage.db import create_db_engine, ensure_schema, head_revision
+from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine, ensure_schema
 from perf_pipelines.storage.schema import (
     agent_health,
     bottleneck_reports,
@@ -155,7 +155,7 @@ def test_populated_database_every_route(
     }, components
     assert body["status"] == "degraded"
     assert body["agent_id"] == AGENT_ID and body["version"] == __version__
-    assert head_revision() in components["database"]["detail"]
+    assert HEAD_REVISION in components["database"]["detail"]
     assert "1/4 up in the latest collection run" in components["targets"]["detail"]
     assert "timed out after 5 s" in components["targets"]["detail"]
     assert "PING" in components["cache"]["detail"]

@@ -15,7 +15,6 @@ from perf_pipelines.storage.db import (
     current_revision,
     downgrade,
     ensure_schema,
-    head_revision,
     upgrade,
 )
 from perf_pipelines.storage.schema import metadata, metric_snapshots, tuning_recommendations
@@ -56,7 +55,7 @@ def _row(sample: int, target: str = "vllm-a", model: str | None = "llama", up: b
 
 def test_migrations_create_every_table_and_the_view(db_engine: Engine) -> None:
     ensure_schema(db_engine)
-    assert current_revision(db_engine) == head_revision()
+    assert current_revision(db_engine) == HEAD_REVISION
     inspector = inspect(db_engine)
     assert {
         "metric_snapshots",
@@ -70,7 +69,7 @@ def test_migrations_create_every_table_and_the_view(db_engine: Engine) -> None:
 
 def test_head_revision_is_the_newest_migration() -> None:
     script = ScriptDirectory(str(MIGRATIONS_DIR))
-    assert script.get_current_head() == HEAD_REVISION == head_revision()
+    assert script.get_current_head() == HEAD_REVISION
 
 
 # SQLite cannot reflect the expression indexes (unique on coalesce(model, '')), so Alembic skips
@@ -90,7 +89,7 @@ def test_downgrade_and_upgrade_round_trip(db_engine: Engine) -> None:
     assert current_revision(db_engine) is None
     assert "metric_snapshots" not in inspect(db_engine).get_table_names()
     upgrade(db_engine)
-    assert current_revision(db_engine) == head_revision()
+    assert current_revision(db_engine) == HEAD_REVISION
 
 
 def test_rows_round_trip_with_nulls_histograms_and_utc(db_engine: Engine) -> None:
