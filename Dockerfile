@@ -3,17 +3,26 @@
 # webserver and daemon, the sidecar and the simulated fleet (docs/deploy.md).
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# --- builder: build the project's wheel and install it with its dependencies into a venv -----
+# --- builder: build the wheels and install them, with the dependencies uv.lock pins, into a venv
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
+# WITH_LAB=1 adds the lab (the simulated fleet of compose's demo profile); the product image
+# leaves it out.
+ARG WITH_LAB=0
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml uv.lock README.md ./
 COPY perf_pipelines ./perf_pipelines
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+COPY lab ./lab
+RUN python -m pip install "uv>=0.9,<1" \
+ && groups="--no-dev" && if [ "$WITH_LAB" = "1" ]; then groups="--no-dev --group lab"; fi \
+ && uv export --frozen $groups --no-emit-workspace --format requirements-txt -o /tmp/requirements.txt \
+ && python -m pip wheel --no-deps --wheel-dir /wheels . \
+ && if [ "$WITH_LAB" = "1" ]; then python -m pip wheel --no-deps --wheel-dir /wheels ./lab; fi \
  && python -m venv /opt/venv \
- && /opt/venv/bin/pip install /wheels/perf_pipelines-*.whl \
+ && /opt/venv/bin/pip install --require-hashes -r /tmp/requirements.txt \
+ && /opt/venv/bin/pip install --no-deps /wheels/*.whl \
  && /opt/venv/bin/perf-pipelines --version
 
 # --- runtime: the venv on a slim Python, no compilers, no sources, not root ------------------

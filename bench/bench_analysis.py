@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from benchkit import BenchResult, SummaryRow, fresh_postgres_database, markdown_table, report
+from perf_lab.simulator import scenarios
+from perf_lab.simulator.fleet import Fleet, ServerSpec, Unavailable
+from perf_lab.simulator.model import Workload
 from sqlalchemy import JSON, Engine, insert, select
 
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.recommendations.rules import recommend
-from perf_pipelines.simulator import scenarios
-from perf_pipelines.simulator.fleet import Fleet, ServerSpec, Unavailable
-from perf_pipelines.simulator.model import Workload
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.storage.schema import metric_snapshots
 from perf_pipelines.storage.snapshots import SnapshotRow, insert_snapshots, load_snapshots

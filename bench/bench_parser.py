@@ -15,7 +15,7 @@ from importlib.metadata import version
 from benchkit import EXPOSITIONS, BenchResult, SummaryRow, markdown_table, report
 from prometheus_client.parser import text_string_to_metric_families
 
-from perf_pipelines.collection.exposition import parse_exposition
+from perf_pipelines.engines.exposition import parse_exposition
 from perf_pipelines.engines import wanted_families
 
 FIXTURES = [

@@ -39,11 +39,10 @@ from benchkit import (
 )
 from sqlalchemy import Engine
 
-from perf_pipelines.analysis.detection import BottleneckReport
 from perf_pipelines.engines.canonical import CanonicalSnapshot
+from perf_pipelines.findings import BottleneckReport, Recommendation
 from perf_pipelines.health.checks import ComponentHealth, write_health
 from perf_pipelines.orchestrator.events import insert_events
-from perf_pipelines.recommendations.rules import Recommendation
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.storage.recommendation_status import set_status
 from perf_pipelines.storage.reports import upsert_recommendations, write_reports
@@ -317,7 +316,7 @@ IMPORT_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("perf_pipelines.health, .storage, .orchestrator.events", ("perf_pipelines.health",)),
     ("FastAPI + Starlette", ("fastapi",)),
     ("prometheus_client + perf_pipelines.sidecar.app", ("perf_pipelines.sidecar.app",)),
-    ("uvicorn + perf_pipelines.sidecar.cli", ("uvicorn", "perf_pipelines.sidecar.cli")),
+    ("uvicorn + perf_pipelines.cli.sidecar", ("uvicorn", "perf_pipelines.cli.sidecar")),
 )
 
 _IMPORT_PROBE = """

@@ -491,7 +491,7 @@ def main() -> None:
         return
     # Here, not at the top: the agent children import this module, and their RSS should be the
     # collector's, not the simulator's model.
-    from perf_pipelines.simulator.scenarios import scale, targets_for
+    from perf_lab.simulator.scenarios import scale, targets_for
 
     if not Path(PROMETHEUS).exists():
         sys.exit(f"{PROMETHEUS} not found: install Debian's prometheus package")

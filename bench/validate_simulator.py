@@ -6,10 +6,11 @@ Fixed-length requests at a fixed concurrency, as `vllm bench serve --max-concurr
 
 from __future__ import annotations
 
+from perf_lab.simulator.exposition import VLLM_BUCKETS
+from perf_lab.simulator.model import ServerModel, Workload
+from perf_lab.simulator.settings import to_knobs, validate_settings
+
 from perf_pipelines.hardware import gpu_by_name, model_by_name
-from perf_pipelines.simulator.exposition import VLLM_BUCKETS
-from perf_pipelines.simulator.model import ServerModel, Workload
-from perf_pipelines.simulator.settings import to_knobs, validate_settings
 
 # (GPU, concurrency, published output tokens/s, source)
 PUBLISHED = [

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install the project with the given extras, e.g. `dev`.
-# Sourced by the other scripts; safe to run again (pip skips what is installed).
+# Create .venv and install exactly what uv.lock pins: `./scripts/bootstrap.sh` for the product
+# and the lab (the demo), `./scripts/bootstrap.sh dev` for the tests, linters and benchmarks too.
+# Safe to run again: uv only installs what differs from the lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+export PATH="$HOME/.local/bin:$PATH"
+if ! command -v uv >/dev/null 2>&1; then
+  # uv from the package registry, beside the user's Python (not inside the venv it manages)
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --user "uv>=0.9,<1"
 fi
-extras="${1:-}"
-spec="."
-[ -n "$extras" ] && spec=".[$extras]"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+# Never download an interpreter: use the machine's Python (>= 3.11).
+export UV_PYTHON_DOWNLOADS=never
+case "${1:-}" in
+  dev) groups=(--group dev) ;;
+  "") groups=(--no-dev --group lab) ;;
+  *) echo "usage: $0 [dev]" >&2; exit 1 ;;
+esac
+uv sync --locked --quiet --python "$PYTHON" "${groups[@]}"

@@ -8,12 +8,12 @@ a rule needs, the rule does not guess: it records what could not be judged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from perf_pipelines.analysis.window import WindowStats, finite
+from perf_pipelines.findings import BottleneckReport
 from perf_pipelines.targets import Target
 
 MIN_UP_SAMPLES = 3  # fewer successful scrapes: too thin to call anything but "down"
@@ -33,34 +33,6 @@ UNDERUSED_RUNNING_SHARE = 0.10  # at most 10 % of the batch cap in use…
 UNDERUSED_RUNNING_MEAN = 2.0
 UNDERUSED_KV = 0.30  # …and under 30 % of KV, with nobody waiting
 SLO_CRITICAL_FACTOR = 2.0
-
-
-@dataclass
-class BottleneckReport:
-    target: str
-    engine: str | None
-    model: str | None
-    window_start: datetime
-    window_end: datetime
-    kind: str
-    severity: str  # info | warning | critical
-    score: float  # 0..1
-    evidence: dict[str, Any]
-    summary: str
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "engine": self.engine,
-            "model": self.model,
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "kind": self.kind,
-            "severity": self.severity,
-            "score": round(self.score, 4),
-            "evidence": self.evidence,
-            "summary": self.summary,
-        }
 
 
 @dataclass

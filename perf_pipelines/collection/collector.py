@@ -17,9 +17,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from perf_pipelines.collection.exposition import ExpositionError
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
+from perf_pipelines.engines.exposition import ExpositionError
 from perf_pipelines.logs import REDACT
 from perf_pipelines.targets import Target
 

@@ -17,7 +17,7 @@ from dagster import (
 )
 from sqlalchemy import Connection, func, select
 
-from perf_pipelines.analysis.detection import BottleneckReport, detect
+from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
 from perf_pipelines.dagster_defs.resources import (
@@ -26,6 +26,7 @@ from perf_pipelines.dagster_defs.resources import (
     TargetsResource,
 )
 from perf_pipelines.dagster_defs.snapshots import metric_snapshots
+from perf_pipelines.findings import BottleneckReport
 from perf_pipelines.formatting import markdown_table
 from perf_pipelines.recommendations.rules import recommend
 from perf_pipelines.storage.reports import upsert_recommendations, write_reports

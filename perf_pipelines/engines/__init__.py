@@ -6,7 +6,6 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 
-from perf_pipelines.collection.exposition import ExpositionError, MetricFamily, parse_exposition
 from perf_pipelines.engines import llamacpp, sglang, tgi, vllm
 from perf_pipelines.engines.canonical import (
     CANONICAL_VALUE_FIELDS,
@@ -14,6 +13,7 @@ from perf_pipelines.engines.canonical import (
     CanonicalSnapshot,
     Engine,
 )
+from perf_pipelines.engines.exposition import ExpositionError, MetricFamily, parse_exposition
 
 MAX_MODEL_LENGTH = 512  # metric_snapshots.model is String(512)
 

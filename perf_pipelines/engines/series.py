@@ -6,8 +6,8 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
-from perf_pipelines.collection.exposition import MetricFamily, Sample
 from perf_pipelines.engines.canonical import Histogram
+from perf_pipelines.engines.exposition import MetricFamily, Sample
 
 Families = Mapping[str, MetricFamily]
 LabelFilter = Callable[[dict[str, str]], bool]

@@ -16,15 +16,13 @@ Principles, in order:
 
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from perf_pipelines.analysis.detection import BottleneckReport
 from perf_pipelines.analysis.window import WindowStats
+from perf_pipelines.findings import BottleneckReport, Recommendation
 from perf_pipelines.hardware import GIB, GPU_ALIASES, GPUS, MODELS, Gpu
 from perf_pipelines.targets import Target
 
@@ -105,37 +103,6 @@ PREFILL_PARAMETER = {
 }
 FP8_KV = {"vllm": "fp8", "sglang": "fp8_e4m3", "tgi": "fp8_e4m3fn"}
 UNQUANTIZED = {"fp16", "bf16", "auto", "none", "None", None}
-
-
-@dataclass
-class Recommendation:
-    target: str
-    engine: str
-    model: str | None
-    capability: str
-    parameter: str
-    engine_flag: str
-    current_value: Any
-    recommended_value: Any
-    rationale: str
-    evidence: dict[str, Any]
-    expected_effect: str | None
-    confidence: float
-    severity: str
-    report_kind: str
-    direction: str = ""  # "raise" | "lower" | "change": used to keep advice consistent
-    id: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.id = recommendation_id(self.target, self.model, self.parameter, self.recommended_value)
-
-
-def recommendation_id(target: str, model: str | None, parameter: str, value: Any) -> str:
-    """Deterministic: the same advice for the same target gets the same id in every cycle."""
-    digest = hashlib.sha256(
-        f"{target}\x1f{model or ''}\x1f{parameter}\x1f{value}".encode()
-    ).hexdigest()
-    return f"rec-{digest[:24]}"
 
 
 def _gpu(target: Target | None) -> Gpu | None:

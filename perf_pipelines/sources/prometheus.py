@@ -33,10 +33,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from perf_pipelines.collection.collector import ScrapeResult
-from perf_pipelines.collection.exposition import MetricFamily, Sample
 from perf_pipelines.collection.rounds import rows_from_rounds
 from perf_pipelines.engines import detect_engine, to_canonical, wanted_families
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
+from perf_pipelines.engines.exposition import MetricFamily, Sample
 from perf_pipelines.sources.promapi import (
     ApiResult,
     PrometheusClient,

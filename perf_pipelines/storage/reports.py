@@ -9,8 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, select, text, update
 
-from perf_pipelines.analysis.detection import BottleneckReport
-from perf_pipelines.recommendations.rules import Recommendation
+from perf_pipelines.findings import BottleneckReport, Recommendation
 from perf_pipelines.storage.schema import bottleneck_reports, tuning_recommendations
 from perf_pipelines.storage.snapshots import upsert_ignore
 

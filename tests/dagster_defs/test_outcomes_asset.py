@@ -6,6 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import AssetCheckSeverity, materialize
+from perf_lab.evaluation.closed_loop import scrape_window
+from perf_lab.evaluation.harness import advance
+from perf_lab.simulator.fleet import Fleet
+from perf_lab.simulator.http import run_fleet_in_thread
+from perf_lab.simulator.scenarios import kv_pressure, queue_saturation, targets_for
 from sqlalchemy import insert, select
 
 from perf_pipelines.dagster_defs.outcomes import no_regressions, recommendation_outcomes
@@ -14,11 +19,6 @@ from perf_pipelines.dagster_defs.resources import (
     DatabaseResource,
     TargetsResource,
 )
-from perf_pipelines.evaluation.closed_loop import scrape_window
-from perf_pipelines.evaluation.harness import advance
-from perf_pipelines.simulator.fleet import Fleet
-from perf_pipelines.simulator.http import run_fleet_in_thread
-from perf_pipelines.simulator.scenarios import kv_pressure, queue_saturation, targets_for
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.storage.schema import tuning_recommendations
 from perf_pipelines.storage.snapshots import insert_snapshots

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from perf_pipelines.collection.exposition import ExpositionError
+from perf_pipelines.engines.exposition import ExpositionError
 from perf_pipelines.engines import detect_engine, snapshots_from_text
 from perf_pipelines.engines.canonical import Engine
 

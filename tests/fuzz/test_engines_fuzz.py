@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine as Database
 
-from perf_pipelines.collection.exposition import ExpositionError
+from perf_pipelines.engines.exposition import ExpositionError
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import (
     CANONICAL_VALUE_FIELDS,

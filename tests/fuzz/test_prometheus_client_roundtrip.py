@@ -29,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 
-from perf_pipelines.collection.exposition import parse_exposition
+from perf_pipelines.engines.exposition import parse_exposition
 from tests.fuzz.strategies import label_names
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

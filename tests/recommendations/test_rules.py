@@ -15,13 +15,8 @@ import pytest
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.engines.canonical import Histogram
-from perf_pipelines.recommendations.rules import (
-    QUALITY_NOTE,
-    Recommendation,
-    contradictions,
-    recommend,
-    recommendation_id,
-)
+from perf_pipelines.findings import Recommendation, recommendation_id
+from perf_pipelines.recommendations.rules import QUALITY_NOTE, contradictions, recommend
 from perf_pipelines.targets import Target
 from tests.support.windows import frame, itl_histogram, window_bounds
 

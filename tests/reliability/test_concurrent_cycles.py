@@ -13,14 +13,14 @@ from typing import Any
 
 import yaml
 from dagster import ExecuteInProcessResult, materialize
+from perf_lab.simulator.fleet import Fleet
+from perf_lab.simulator.http import run_fleet_in_thread
+from perf_lab.simulator.scenarios import mixed, targets_for
 from sqlalchemy import Engine, func, select, text
 
 from perf_pipelines.collection.collector import ScrapeLimits, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
-from perf_pipelines.recommendations.rules import Recommendation
-from perf_pipelines.simulator.fleet import Fleet
-from perf_pipelines.simulator.http import run_fleet_in_thread
-from perf_pipelines.simulator.scenarios import mixed, targets_for
+from perf_pipelines.findings import Recommendation
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.storage.reports import upsert_recommendations
 from perf_pipelines.storage.schema import bottleneck_reports as reports_table

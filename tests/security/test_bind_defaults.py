@@ -2,7 +2,7 @@
 
 In process: the CLIs run under click's runner with uvicorn's `Server.run` replaced by a recorder,
 so what is checked is the address each command would really bind and the log line it really
-writes. tests/sidecar/test_cli.py::test_sidecar_process_starts_fast_and_warns_on_open_bind does
+writes. tests/cli/test_sidecar.py::test_sidecar_process_starts_fast_and_warns_on_open_bind does
 the same for a real sidecar process on 0.0.0.0 (slow); these cover the defaults, the token and
 IPv6 cases, the simulator, and every bind site in the code.
 """

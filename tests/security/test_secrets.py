@@ -7,7 +7,7 @@ Already covered elsewhere, not repeated here:
 - tests/dagster_defs/test_sensor.py (an orchestrator that echoes the Authorization header in its
   error body: the sensor's skip reason, events and logs stay clean) and
   tests/orchestrator/test_client.py::test_a_wrong_token_is_reported_without_echoing_it;
-- tests/sidecar/test_cli.py::test_sidecar_process_never_logs_the_token (a real process).
+- tests/cli/test_sidecar.py::test_sidecar_process_never_logs_the_token (a real process).
 
 Added here: the forms those miss (Basic auth headers, `redis://:pw@` URLs, secrets in `extra`
 objects), a property over random secrets, and the error texts the agent stores or shows:

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from perf_pipelines.collection.exposition import parse_exposition
+from perf_pipelines.engines.exposition import parse_exposition
 from tests.support.http_servers import LoopbackHTTPServer, running
 
 

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, insert, select, text, update
 
-from perf_pipelines.analysis.detection import BottleneckReport, detect
+from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
-from perf_pipelines.recommendations.rules import Recommendation, recommend
+from perf_pipelines.findings import BottleneckReport, Recommendation
+from perf_pipelines.recommendations.rules import recommend
 from perf_pipelines.storage.db import ensure_schema
 from perf_pipelines.storage.reports import upsert_recommendations, write_reports
 from perf_pipelines.storage.schema import bottleneck_reports, tuning_recommendations

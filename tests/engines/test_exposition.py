@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from perf_pipelines.collection.exposition import ExpositionError, parse_exposition
+from perf_pipelines.engines.exposition import ExpositionError, parse_exposition
 from perf_pipelines.engines import wanted_families
 
 EXPOSITIONS = Path(__file__).parent.parent / "fixtures" / "expositions"

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+from perf_lab.simulator.fleet import Fleet, Unavailable, UnknownServerError
+from perf_lab.simulator.settings import SettingsError
 
 from perf_pipelines.serving import serve_in_thread
-from perf_pipelines.simulator.fleet import Fleet, Unavailable, UnknownServerError
-from perf_pipelines.simulator.settings import SettingsError
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

@@ -55,7 +55,7 @@ def sidecar(host: str | None, port: int | None, migrate: bool) -> None:
     """Serve health, /metrics and the recommendations API over HTTP (FastAPI + uvicorn)."""
     import uvicorn
 
-    from perf_pipelines.cli import settings_or_exit
+    from perf_pipelines.cli.common import settings_or_exit
     from perf_pipelines.sidecar.app import create_app
     from perf_pipelines.storage.db import create_db_engine
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from perf_pipelines.simulator.model import Buckets, Histogram, ServerModel
+from perf_lab.simulator.model import Buckets, Histogram, ServerModel
 
 VLLM_BUCKETS = Buckets(
     ttft=(

@@ -32,7 +32,7 @@ def _config(settings: Settings) -> PrometheusConfig:
 
 
 def _settings() -> Settings:
-    from perf_pipelines.cli import settings_or_exit
+    from perf_pipelines.cli.common import settings_or_exit
     from perf_pipelines.logs import REDACT
 
     settings = settings_or_exit()
@@ -110,7 +110,7 @@ def discover_command(write_targets: Path | None, lookback_minutes: float) -> Non
 def backfill_command(path: Path | None, minutes: float | None, step_s: float | None) -> None:
     """Load history from Prometheus into metric_snapshots for every target (default
     PERF_TARGETS), up to each target's oldest stored row. Re-running adds nothing."""
-    from perf_pipelines.cli import targets_or_exit
+    from perf_pipelines.cli.common import targets_or_exit
     from perf_pipelines.sources.cycle import backfill
     from perf_pipelines.storage.db import create_db_engine, ensure_schema
 

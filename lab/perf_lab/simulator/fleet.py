@@ -13,10 +13,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from perf_lab.simulator.exposition import BUCKETS, render
+from perf_lab.simulator.model import ServerModel, StartupError, Workload
+from perf_lab.simulator.settings import SettingsError, to_knobs, validate_settings
+
 from perf_pipelines.hardware import gpu_by_name, model_by_name
-from perf_pipelines.simulator.exposition import BUCKETS, render
-from perf_pipelines.simulator.model import ServerModel, StartupError, Workload
-from perf_pipelines.simulator.settings import SettingsError, to_knobs, validate_settings
 
 RESTART_SECONDS = 5.0  # simulated time a server is unavailable after a settings change
 MAX_CATCH_UP_SECONDS = 600.0  # a server unread for longer skips ahead instead of replaying

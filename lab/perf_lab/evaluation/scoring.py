@@ -9,17 +9,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from perf_pipelines import __version__
-from perf_pipelines.evaluation.closed_loop import Iteration, LoopResult, run_closed_loop
-from perf_pipelines.evaluation.harness import (
+from perf_lab.evaluation.closed_loop import Iteration, LoopResult, run_closed_loop
+from perf_lab.evaluation.harness import (
     EvaluationConfig,
     Goodput,
     measure_goodput,
     oracle,
 )
+from perf_lab.simulator.scenarios import SCENARIOS
+from perf_lab.simulator.settings import validate_settings
+
+from perf_pipelines import __version__
 from perf_pipelines.formatting import markdown_table
-from perf_pipelines.simulator.scenarios import SCENARIOS
-from perf_pipelines.simulator.settings import validate_settings
 
 # Scenarios the evaluation runs by default: every named one except the 1,000-server `scale`.
 DEFAULT_SCENARIOS = tuple(name for name in SCENARIOS if name != "scale")

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import click
-
-from perf_pipelines.evaluation.harness import EvaluationConfig
-from perf_pipelines.evaluation.scoring import DEFAULT_SCENARIOS, evaluate, to_markdown
+from perf_lab.evaluation.harness import EvaluationConfig
+from perf_lab.evaluation.scoring import DEFAULT_SCENARIOS, evaluate, to_markdown
 
 
 @click.command("evaluate")

@@ -3,13 +3,13 @@
 import math
 
 import pytest
+from perf_lab.simulator.exposition import VLLM_BUCKETS
+from perf_lab.simulator.fleet import Fleet, ServerSpec
+from perf_lab.simulator.model import ServerModel, StartupError, Workload
+from perf_lab.simulator.scenarios import LLAMA_8B, LLAMA_70B, kv_pressure, queue_saturation
+from perf_lab.simulator.settings import SettingsError, to_knobs, validate_settings
 
 from perf_pipelines.hardware import GIB, gpu_by_name, model_by_name
-from perf_pipelines.simulator.exposition import VLLM_BUCKETS
-from perf_pipelines.simulator.fleet import Fleet, ServerSpec
-from perf_pipelines.simulator.model import ServerModel, StartupError, Workload
-from perf_pipelines.simulator.scenarios import LLAMA_8B, LLAMA_70B, kv_pressure, queue_saturation
-from perf_pipelines.simulator.settings import SettingsError, to_knobs, validate_settings
 
 
 def _model(engine: str, model: str, gpu: str, gpus: int, **settings: object) -> ServerModel:

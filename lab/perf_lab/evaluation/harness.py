@@ -16,9 +16,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
+from perf_lab.simulator.fleet import Fleet, ServerSpec
+from perf_lab.simulator.settings import validate_settings
+
 from perf_pipelines.hardware import gpu_by_name
-from perf_pipelines.simulator.fleet import Fleet, ServerSpec
-from perf_pipelines.simulator.settings import validate_settings
 
 
 @dataclass(frozen=True)

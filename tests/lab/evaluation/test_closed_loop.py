@@ -4,10 +4,9 @@ collector, detection, recommendation, and advice applied through the control API
 from __future__ import annotations
 
 import pytest
-
-from perf_pipelines.evaluation.harness import EvaluationConfig, measure_goodput, settings_grid
-from perf_pipelines.evaluation.scoring import evaluate, to_markdown
-from perf_pipelines.simulator.scenarios import SCENARIOS, itl_breach, queue_saturation
+from perf_lab.evaluation.harness import EvaluationConfig, measure_goodput, settings_grid
+from perf_lab.evaluation.scoring import evaluate, to_markdown
+from perf_lab.simulator.scenarios import SCENARIOS, itl_breach, queue_saturation
 
 # Shorter windows than the documented run: enough requests to rank settings, quick in CI.
 FAST = EvaluationConfig(warmup_s=120, window_s=120, min_requests=150, workers=2)

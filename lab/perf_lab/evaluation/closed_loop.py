@@ -16,17 +16,18 @@ from typing import Any
 
 import httpx
 import pandas as pd
+from perf_lab.evaluation.harness import EvaluationConfig, advance
+from perf_lab.simulator.fleet import Fleet, ServerSpec
+from perf_lab.simulator.http import run_fleet_in_thread
+from perf_lab.simulator.scenarios import targets_for
 
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.outcomes import evaluate_outcome
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.collection.collector import ScrapeLimits, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
-from perf_pipelines.evaluation.harness import EvaluationConfig, advance
-from perf_pipelines.recommendations.rules import Recommendation, recommend
-from perf_pipelines.simulator.fleet import Fleet, ServerSpec
-from perf_pipelines.simulator.http import run_fleet_in_thread
-from perf_pipelines.simulator.scenarios import targets_for
+from perf_pipelines.findings import Recommendation
+from perf_pipelines.recommendations.rules import recommend
 from perf_pipelines.storage.snapshots import SnapshotRow
 from perf_pipelines.targets import Target, parse_targets
 

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from perf_pipelines.simulator.fleet import ServerSpec
-from perf_pipelines.simulator.model import Workload
+from perf_lab.simulator.fleet import ServerSpec
+from perf_lab.simulator.model import Workload
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"

@@ -8,67 +8,40 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import sys
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from perf_pipelines import __version__
-from perf_pipelines.logs import configure_logging
-from perf_pipelines.settings import Settings, SettingsError, load_settings
+from perf_pipelines.cli.common import settings_or_exit, targets_or_exit
 
-if TYPE_CHECKING:
-    from perf_pipelines.targets import Target
-
-# name -> "module:attribute" of a click command defined next to the code it drives
+# name -> "module:attribute" of a click command in this package
 _LAZY_COMMANDS: dict[str, str] = {
-    "fleet": "perf_pipelines.simulator.cli:fleet",
-    "evaluate": "perf_pipelines.evaluation.cli:evaluate_command",
-    "prometheus": "perf_pipelines.sources.cli:prometheus",
-    "sidecar": "perf_pipelines.sidecar.cli:sidecar",
+    "prometheus": "perf_pipelines.cli.prometheus:prometheus",
+    "sidecar": "perf_pipelines.cli.sidecar:sidecar",
 }
+# Other installed packages add commands here (the lab's `fleet` and `evaluate`): the product
+# names no lab module, and without the lab installed those commands are simply absent.
+PLUGIN_GROUP = "perf_pipelines.commands"
+
+
+def _plugin_commands() -> dict[str, str]:
+    return {point.name: point.value for point in entry_points(group=PLUGIN_GROUP)}
 
 
 class _LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *_LAZY_COMMANDS])
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS, *_plugin_commands()})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        spec = _LAZY_COMMANDS.get(cmd_name)
+        spec = _LAZY_COMMANDS.get(cmd_name) or _plugin_commands().get(cmd_name)
         if spec is None:
             return super().get_command(ctx, cmd_name)
         module_name, attribute = spec.split(":")
         command = getattr(importlib.import_module(module_name), attribute)
         assert isinstance(command, click.Command)
         return command
-
-
-def settings_or_exit() -> Settings:
-    """Load settings and set up JSON logging, or exit with the configuration problem."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    configure_logging(
-        settings.log_level, settings.agent_id, settings.agent_type, secrets=[settings.token]
-    )
-    return settings
-
-
-def targets_or_exit(path: Path | None, settings: Settings) -> tuple[Path, list[Target]]:
-    """The targets file given, else PERF_TARGETS, and its targets; or exit with its problem."""
-    from perf_pipelines.targets import TargetsError, load_targets
-
-    chosen = path or settings.perf_targets
-    if chosen is None:
-        raise click.UsageError("give a targets file or set PERF_TARGETS")
-    try:
-        return chosen, load_targets(chosen)
-    except TargetsError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 @click.group(cls=_LazyGroup)

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from perf_lab.simulator.settings import Knobs
 
 from perf_pipelines.hardware import (
     GIB,
@@ -34,7 +35,6 @@ from perf_pipelines.hardware import (
     Gpu,
     ModelProfile,
 )
-from perf_pipelines.simulator.settings import Knobs
 
 # Share of peak a real engine reaches: ~55 % of tensor FLOPs in prefill GEMMs, ~77 % of HBM
 # bandwidth in decode (measured for vLLM, docs/simulator.md); ~1 ms of scheduling per step (CUDA

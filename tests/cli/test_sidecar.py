@@ -16,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import insert
 
-from perf_pipelines.sidecar.cli import is_loopback
+from perf_pipelines.cli.sidecar import is_loopback
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.storage.schema import tuning_recommendations
 from tests.sidecar.support import free_port, recommendation
@@ -192,7 +192,7 @@ def test_a_sidecar_on_a_current_database_loads_neither_alembic_nor_httpx(tmp_pat
         "import sys\n"
         "from perf_pipelines.settings import load_settings\n"
         "from perf_pipelines.sidecar.app import create_app\n"
-        "from perf_pipelines.sidecar.cli import _migrate_in_background\n"
+        "from perf_pipelines.cli.sidecar import _migrate_in_background\n"
         "from perf_pipelines.storage.db import create_db_engine\n"
         "settings = load_settings()\n"
         "create_app(settings)\n"

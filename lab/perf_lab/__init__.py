@@ -1,0 +1,1 @@
+"""perf_pipelines' lab: what measures the product, kept out of the product's install."""

@@ -1,0 +1,1 @@
+"""Getting bytes: scrape each target's /metrics over HTTP into canonical snapshots."""
