@@ -25,7 +25,8 @@ import pytest
 from fastapi import FastAPI
 
 from perf_pipelines.collection.collector import ScrapeLimits, collect
-from perf_pipelines.sidecar.app import MAX_BODY_BYTES, create_app
+from perf_pipelines.sidecar.app import create_app
+from perf_pipelines.sidecar.routes.recommendations import MAX_BODY_BYTES
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.targets import Target
 from tests.sidecar.support import make_settings
