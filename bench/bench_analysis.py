@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from benchkit import BenchResult, SummaryRow, fresh_postgres_database, markdown_table, report
+from sqlalchemy import JSON, Engine, insert, select
+
 from perf_lab.simulator import scenarios
 from perf_lab.simulator.fleet import Fleet, ServerSpec, Unavailable
 from perf_lab.simulator.model import Workload
-from sqlalchemy import JSON, Engine, insert, select
-
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.engines import snapshots_from_text

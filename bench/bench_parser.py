@@ -15,8 +15,8 @@ from importlib.metadata import version
 from benchkit import EXPOSITIONS, BenchResult, SummaryRow, markdown_table, report
 from prometheus_client.parser import text_string_to_metric_families
 
-from perf_pipelines.engines.exposition import parse_exposition
 from perf_pipelines.engines import wanted_families
+from perf_pipelines.engines.exposition import parse_exposition
 
 FIXTURES = [
     "vllm_v1_0_33.txt",

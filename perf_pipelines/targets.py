@@ -7,6 +7,7 @@ URLs and URLs with credentials are rejected with a message that names the entry 
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -107,8 +108,8 @@ class TargetsFile(BaseModel):
     @field_validator("targets")
     @classmethod
     def _unique_names(cls, targets: list[Target]) -> list[Target]:
-        seen: set[str] = set()
-        duplicates = sorted({t.name for t in targets if t.name in seen or seen.add(t.name)})
+        names = Counter(t.name for t in targets)
+        duplicates = sorted(name for name, count in names.items() if count > 1)
         if duplicates:
             raise ValueError(f"duplicate target names: {', '.join(duplicates[:10])}")
         return targets

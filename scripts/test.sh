@@ -13,5 +13,7 @@ export PERF_REQUIRE_POSTGRES=1
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/bandit -q -c pyproject.toml -r perf_pipelines
+.venv/bin/mypy
+.venv/bin/lint-imports
+.venv/bin/bandit -q -c pyproject.toml -r perf_pipelines lab/perf_lab
 .venv/bin/pytest "$@"

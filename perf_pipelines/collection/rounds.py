@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from perf_pipelines.collection.collector import ScrapeResult
 from perf_pipelines.storage.snapshots import SnapshotRow
@@ -12,26 +13,23 @@ def rows_from_rounds(run_id: str, rounds: Sequence[Sequence[ScrapeResult]]) -> l
     rows: list[SnapshotRow] = []
     for sample_index, results in enumerate(rounds):
         for result in results:
-            common = {
-                "run_id": run_id,
-                "sample_index": sample_index,
-                "target": result.target.name,
-                "engine": result.engine.value if result.engine else None,
-                "collected_at": result.collected_at,
-                "scrape_ms": round(result.scrape_ms, 3),
-                "body_bytes": result.body_bytes,
-            }
+            row = partial(
+                SnapshotRow,
+                run_id=run_id,
+                sample_index=sample_index,
+                target=result.target.name,
+                engine=result.engine.value if result.engine else None,
+                collected_at=result.collected_at,
+                scrape_ms=round(result.scrape_ms, 3),
+                body_bytes=result.body_bytes,
+            )
             if not result.up or not result.snapshots:
                 # A body with engine metrics but no model series counts as down: nothing to analyse.
                 error = result.error or "the exposition has no series for any model"
-                rows.append(
-                    SnapshotRow(
-                        **common, model=result.target.model, up=False, error=error, snapshot=None
-                    )
-                )
+                rows.append(row(model=result.target.model, up=False, error=error, snapshot=None))
                 continue
             rows.extend(
-                SnapshotRow(**common, model=snapshot.model, up=True, error=None, snapshot=snapshot)
+                row(model=snapshot.model, up=True, error=None, snapshot=snapshot)
                 for snapshot in result.snapshots
             )
     return rows

@@ -52,7 +52,7 @@ def bottleneck_reports(
     database: DatabaseResource,
     targets: TargetsResource,
     analysis: AnalysisResource,
-) -> MaterializeResult:
+) -> MaterializeResult[None]:
     target_map = targets.by_name()
     end = datetime.now(UTC)
     start = end - timedelta(minutes=analysis.window_minutes)
@@ -133,7 +133,7 @@ def tuning_recommendations(
     database: DatabaseResource,
     targets: TargetsResource,
     analysis: AnalysisResource,
-) -> MaterializeResult:
+) -> MaterializeResult[None]:
     target_map = targets.by_name()
     engine = database.get_engine()
     run_id = context.run.run_id

@@ -52,7 +52,7 @@ OPTIMIZATION_CYCLE_JOB = "optimization_cycle"
 _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
 
 
-class HealthResource(ConfigurableResource):
+class HealthResource(ConfigurableResource["HealthResource"]):
     """What the health check compares against: the optimization cycle's cron (a cycle is stale
     after two of its longest gaps plus two minutes) and the Redis PING timeout."""
 
@@ -121,7 +121,7 @@ def agent_health(
     agent: AgentResource,
     targets: TargetsResource,
     health: HealthResource,
-) -> MaterializeResult:
+) -> MaterializeResult[None]:
     now = datetime.now(UTC)
     try:
         engine = database.get_engine()

@@ -44,7 +44,7 @@ def recommendation_outcomes(
     database: DatabaseResource,
     targets: TargetsResource,
     analysis: AnalysisResource,
-) -> MaterializeResult:
+) -> MaterializeResult[None]:
     window = timedelta(minutes=analysis.window_minutes)
     settle = timedelta(minutes=analysis.outcome_settle_minutes)
     now = datetime.now(UTC)

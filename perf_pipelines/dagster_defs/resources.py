@@ -17,7 +17,7 @@ from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.targets import Target, load_targets
 
 
-class DatabaseResource(ConfigurableResource):
+class DatabaseResource(ConfigurableResource["DatabaseResource"]):
     """The agent's SQL database; migrations are applied on first use."""
 
     url: str
@@ -32,7 +32,7 @@ class DatabaseResource(ConfigurableResource):
         return self._engine
 
 
-class TargetsResource(ConfigurableResource):
+class TargetsResource(ConfigurableResource["TargetsResource"]):
     """The inference servers to watch, from the targets file (PERF_TARGETS).
 
     Read once per run: each of the cycle's four assets asks for the targets, and parsing a
@@ -61,7 +61,7 @@ class TargetsResource(ConfigurableResource):
         return {target.name: target for target in self.load()}
 
 
-class ScraperResource(ConfigurableResource):
+class ScraperResource(ConfigurableResource["ScraperResource"]):
     """Limits of one scrape round; see the SCRAPE_* settings.
 
     With `prometheus_url` set, samples are read from that Prometheus instead of scraped
@@ -94,7 +94,7 @@ class ScraperResource(ConfigurableResource):
         )
 
 
-class AnalysisResource(ConfigurableResource):
+class AnalysisResource(ConfigurableResource["AnalysisResource"]):
     """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES), how long a
     server settles after applied advice before its outcome is measured (OUTCOME_SETTLE_MINUTES),
     and how long open advice lives without being given again (RECOMMENDATION_TTL_MINUTES)."""
@@ -104,7 +104,7 @@ class AnalysisResource(ConfigurableResource):
     recommendation_ttl_minutes: float = 60.0
 
 
-class AgentResource(ConfigurableResource):
+class AgentResource(ConfigurableResource["AgentResource"]):
     """Who the agent is and how it reaches the orchestrator (ORCHESTRATOR_* settings)."""
 
     agent_id: str = "performance-agent-001"

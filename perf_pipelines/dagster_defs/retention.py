@@ -22,7 +22,7 @@ from perf_pipelines.dagster_defs.resources import DatabaseResource
 from perf_pipelines.storage.retention import delete_older_than
 
 
-class RetentionResource(ConfigurableResource):
+class RetentionResource(ConfigurableResource["RetentionResource"]):
     """How long snapshots, reports, health rows and orchestrator events are kept."""
 
     days: float = 7.0

@@ -65,7 +65,7 @@ def metric_snapshots(
     database: DatabaseResource,
     targets: TargetsResource,
     scraper: ScraperResource,
-) -> MaterializeResult:
+) -> MaterializeResult[None]:
     try:
         target_list = targets.load()
     except TargetsError as exc:

@@ -375,6 +375,9 @@ class _SampleParser:
         self.wanted = selection.wanted if selection is not None else None
         self.openmetrics = openmetrics
         self.max_series = max_series
+        # The family the last plain sample went to and its list's append (none yet: _SKIP).
+        self._appending_to: tuple[str, str] = _SKIP
+        self._append = _NOWHERE.append
         self.max_labels = max_labels
         self.types = _Types()
         self.families: dict[str, MetricFamily] = {}
@@ -412,69 +415,83 @@ class _SampleParser:
             # Escapes change label values; tabs can separate fields: only the line parser.
             self._parse_lines(lines, text, start, 0, len(lines))
             return
-        resolved = self.resolved
-        series = self.series
-        families = self.families
         # The last bucket of the region, in locals: this loop runs once per sample line.
         prefix, suffix, min_length, bucket_name, bucket_info, bucket_labels = _NO_BUCKET
-        # The family the last sample went to and its list's append (no family yet: _SKIP).
-        appending_to: tuple[str, str] = _SKIP
-        append = _NOWHERE.append
-        max_series = self.max_series
         for index, line in enumerate(lines):
             if not line:
                 continue
             parts = line.split(" ")
             if 2 <= len(parts) <= 3:
                 key = parts[0]
-                labels: dict[str, str] | None = None
                 if key.startswith(prefix) and key.endswith(suffix) and len(key) >= min_length:
                     le = key[len(prefix) : len(key) - len(suffix)]
                     if '"' not in le:
-                        name = bucket_name
-                        family_info = bucket_info
-                        labels = bucket_labels.copy()
-                        labels["le"] = le
-                if labels is None:
-                    brace = key.find("{")
-                    name = key if brace < 0 else key[:brace]
-                    family_info = resolved.get(name) or self._resolve(name)
-                    if family_info is _SKIP:
+                        copied = bucket_labels.copy()
+                        copied["le"] = le
+                        if self._store_plain(key, bucket_name, bucket_info, copied, parts):
+                            continue
+                        self._parse_lines(lines, text, start, index, index + 1)
                         continue
-                    if family_info is _INVALID:
-                        pass
-                    elif brace < 0:
-                        labels = {}
-                        key += "{}"  # the series identity, as `_add` writes it
-                    elif key[-1] == "}":
-                        labels = self._labels(key[brace + 1 : -1])
-                        if labels is not None and "le" in labels:
-                            bucket = _bucket_of(key, brace, name, family_info, labels)
-                            prefix, suffix, min_length, bucket_name, bucket_info, bucket_labels = (
-                                bucket
-                            )
-                if labels is not None:
-                    try:
-                        value = float(parts[1])
-                        timestamp = None if len(parts) == 2 else self._timestamp(parts[2])
-                    except ValueError:
-                        labels = None  # for _parse_line to report
-                if labels is not None:
-                    previous = series.get(key)
-                    if previous is None and len(series) < max_series:
-                        sample = series[key] = Sample(name, labels, value, timestamp)
-                        if family_info is not appending_to:
-                            family = families.get(family_info[0])
-                            if family is None:
-                                family = families[family_info[0]] = MetricFamily(*family_info)
-                            appending_to, append = family_info, family.samples.append
-                        append(sample)
-                        continue
-                    if previous is not None:
-                        previous.value = value
-                        previous.timestamp = timestamp
-                        continue
+                name, family_info, labels, key, bucket = self._plain_series(key)
+                if family_info is _SKIP:
+                    continue
+                if bucket is not None:
+                    prefix, suffix, min_length, bucket_name, bucket_info, bucket_labels = bucket
+                if labels is not None and self._store_plain(key, name, family_info, labels, parts):
+                    continue
             self._parse_lines(lines, text, start, index, index + 1)
+
+    def _plain_series(
+        self, key: str
+    ) -> tuple[str, tuple[str, str], dict[str, str] | None, str, _Bucket | None]:
+        """Which series a plain line's key names: its sample name, family (or _SKIP when not
+        kept), labels (None when only the line parser can tell), series identity, and the
+        bucket shape that the next lines of a histogram will repeat."""
+        brace = key.find("{")
+        name = key if brace < 0 else key[:brace]
+        family_info = self.resolved.get(name) or self._resolve(name)
+        if family_info is _SKIP or family_info is _INVALID:
+            return name, family_info, None, key, None
+        if brace < 0:
+            return name, family_info, {}, key + "{}", None  # the identity, as `_add` writes it
+        if key[-1] != "}":
+            return name, family_info, None, key, None
+        labels = self._labels(key[brace + 1 : -1])
+        bucket = None
+        if labels is not None and "le" in labels:
+            bucket = _bucket_of(key, brace, name, family_info, labels)
+        return name, family_info, labels, key, bucket
+
+    def _store_plain(
+        self,
+        key: str,
+        name: str,
+        family_info: tuple[str, str],
+        labels: dict[str, str],
+        parts: list[str],
+    ) -> bool:
+        """Store a plain line's value; False when only the line parser can judge the line (a bad
+        value or timestamp, or a new series past the cap, which it reports)."""
+        try:
+            value = float(parts[1])
+            timestamp = None if len(parts) == 2 else self._timestamp(parts[2])
+        except ValueError:
+            return False
+        previous = self.series.get(key)
+        if previous is not None:
+            previous.value = value
+            previous.timestamp = timestamp
+            return True
+        if len(self.series) >= self.max_series:
+            return False
+        sample = self.series[key] = Sample(name, labels, value, timestamp)
+        if family_info is not self._appending_to:
+            family = self.families.get(family_info[0])
+            if family is None:
+                family = self.families[family_info[0]] = MetricFamily(*family_info)
+            self._appending_to, self._append = family_info, family.samples.append
+        self._append(sample)
+        return True
 
     def _timestamp(self, text: str) -> float:
         """A plain line's timestamp in seconds; ValueError where `_add` reports it."""

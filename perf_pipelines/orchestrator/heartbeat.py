@@ -174,7 +174,7 @@ def backoff_delay(
     failures: int, base_s: float, cap_s: float = BACKOFF_CAP_S, rng: random.Random | None = None
 ) -> float:
     """Seconds to wait after the `failures`-th consecutive failure (equal jitter, capped)."""
-    ceiling = min(cap_s, base_s * 2 ** max(0, min(failures, 32) - 1))
+    ceiling = min(cap_s, base_s * 2.0 ** max(0, min(failures, 32) - 1))
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -172,7 +172,7 @@ _JSON_COLUMNS = tuple(
 )
 
 
-def _json_values(texts: Sequence[Any], decode: bool, shared: bool) -> list[Any]:
+def _json_values(texts: Collection[Any], decode: bool, shared: bool) -> list[Any]:
     """Stored JSON texts decoded, or kept as text; None where there was no text (SQL NULL, which
     pandas may have turned into NaN) or JSON null.
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 from dagster import AssetCheckSeverity, ExecuteInProcessResult, materialize
+from sqlalchemy import Engine, select, text
+
 from perf_lab.simulator.fleet import Fleet
 from perf_lab.simulator.http import run_fleet_in_thread
 from perf_lab.simulator.scenarios import kv_pressure, targets_for
-from sqlalchemy import Engine, select, text
-
 from perf_pipelines.analysis.detection import MIN_SPAN_S
 from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 from perf_pipelines.storage.db import create_db_engine

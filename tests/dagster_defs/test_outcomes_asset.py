@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import AssetCheckSeverity, materialize
+from sqlalchemy import insert, select
+
 from perf_lab.evaluation.closed_loop import scrape_window
 from perf_lab.evaluation.harness import advance
 from perf_lab.simulator.fleet import Fleet
 from perf_lab.simulator.http import run_fleet_in_thread
 from perf_lab.simulator.scenarios import kv_pressure, queue_saturation, targets_for
-from sqlalchemy import insert, select
-
 from perf_pipelines.dagster_defs.outcomes import no_regressions, recommendation_outcomes
 from perf_pipelines.dagster_defs.resources import (
     AnalysisResource,

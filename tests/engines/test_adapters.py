@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from perf_pipelines.engines.exposition import ExpositionError
 from perf_pipelines.engines import detect_engine, snapshots_from_text
 from perf_pipelines.engines.canonical import Engine
+from perf_pipelines.engines.exposition import ExpositionError
 
 EXPOSITIONS = Path(__file__).parent.parent / "fixtures" / "expositions"
 MODEL_70B = "meta-llama/Llama-3.1-70B-Instruct"

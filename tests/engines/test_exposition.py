@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from perf_pipelines.engines.exposition import ExpositionError, parse_exposition
 from perf_pipelines.engines import wanted_families
+from perf_pipelines.engines.exposition import ExpositionError, parse_exposition
 
 EXPOSITIONS = Path(__file__).parent.parent / "fixtures" / "expositions"
 ALL_FIXTURES = sorted(p.name for p in EXPOSITIONS.glob("*.txt"))

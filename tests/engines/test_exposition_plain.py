@@ -16,9 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perf_pipelines.engines import exposition
+from perf_pipelines.engines import exposition, wanted_families
 from perf_pipelines.engines.exposition import ExpositionError, MetricFamily, parse_exposition
-from perf_pipelines.engines import wanted_families
 
 EXPOSITIONS = Path(__file__).parent.parent / "fixtures" / "expositions"
 ALL_FIXTURES = sorted(p.name for p in EXPOSITIONS.glob("*.txt"))

@@ -112,14 +112,15 @@ def expositions(draw: st.DrawFn, max_families: int = 6, max_label_sets: int = 4)
     return exposition
 
 
-def _family(
+def _declare(
     draw: st.DrawFn,
     exposition: Exposition,
     kind: str,
     base: str,
     label_sets: list[dict[str, str]],
-    sep: str,
-) -> list[str]:
+) -> tuple[list[str], list[tuple[str, list[tuple[str, str]]]]]:
+    """A family's TYPE line and its samples' names and labels, by kind; records which family
+    each sample name belongs to."""
     om = exposition.openmetrics
     lines: list[str] = []
     samples: list[tuple[str, list[tuple[str, str]]]] = []  # (sample name, labels in order)
@@ -163,6 +164,19 @@ def _family(
         for labels in label_sets:
             samples.append((base, list(labels.items())))
         exposition.family_of[base] = (base, family_type)
+    return lines, samples
+
+
+def _family(
+    draw: st.DrawFn,
+    exposition: Exposition,
+    kind: str,
+    base: str,
+    label_sets: list[dict[str, str]],
+    sep: str,
+) -> list[str]:
+    om = exposition.openmetrics
+    lines, samples = _declare(draw, exposition, kind, base, label_sets)
 
     # Some series are written twice: the parser must keep the last value.
     repeats = draw(st.lists(st.integers(0, max(0, len(samples) - 1)), max_size=2))

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine as Database
 
-from perf_pipelines.engines.exposition import ExpositionError
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import (
     CANONICAL_VALUE_FIELDS,
@@ -38,6 +37,7 @@ from perf_pipelines.engines.canonical import (
     Engine,
     Histogram,
 )
+from perf_pipelines.engines.exposition import ExpositionError
 from perf_pipelines.storage.db import ensure_schema
 from perf_pipelines.storage.snapshots import SnapshotRow, insert_snapshots
 from tests.fuzz.strategies import SOURCES, EnginePage, engine_pages

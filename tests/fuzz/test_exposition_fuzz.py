@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from perf_pipelines.engines.exposition import ExpositionError, MetricFamily, parse_exposition
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import Engine
+from perf_pipelines.engines.exposition import ExpositionError, MetricFamily, parse_exposition
 from tests.fuzz.strategies import (
     Exposition,
     SeriesKey,

@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 from dagster import ExecuteInProcessResult, materialize
+from sqlalchemy import Engine, func, select, text
+
 from perf_lab.simulator.fleet import Fleet
 from perf_lab.simulator.http import run_fleet_in_thread
 from perf_lab.simulator.scenarios import mixed, targets_for
-from sqlalchemy import Engine, func, select, text
-
 from perf_pipelines.collection.collector import ScrapeLimits, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
 from perf_pipelines.findings import Recommendation

@@ -23,7 +23,13 @@ from perf_pipelines.cli import main
 from perf_pipelines.settings import Settings
 from perf_pipelines.targets import is_loopback_host
 
-PACKAGE = Path(__file__).resolve().parents[2] / "perf_pipelines"
+ROOT = Path(__file__).resolve().parents[2]
+# The product and the lab: the lab's simulated fleet binds sockets too.
+PACKAGES = (ROOT / "perf_pipelines", ROOT / "lab" / "perf_lab")
+
+
+def _sources() -> list[Path]:
+    return sorted(path for package in PACKAGES for path in package.rglob("*.py"))
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -140,12 +146,12 @@ def _defaults_of_host_parameters(tree: ast.AST) -> list[tuple[int, object]]:
 
 def test_every_bind_default_in_the_code_is_loopback() -> None:
     """Replaces bandit's B104 (which also flags comparisons): each literal bind default or
-    `host=` argument in perf_pipelines/ is loopback or None (= the HOST setting)."""
+    `host=` argument in perf_pipelines/ and the lab is loopback or None (= the HOST setting)."""
     checked = 0
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in _sources():
         for line, value in _defaults_of_host_parameters(ast.parse(path.read_text())):
             checked += 1
-            where = f"{path.relative_to(PACKAGE.parent)}:{line}"
+            where = f"{path.relative_to(ROOT)}:{line}"
             assert value is None or value in LOOPBACK, f"{where} binds {value!r} by default"
     assert checked >= 3  # the sidecar option, the simulator option, make_server's default
 
@@ -157,10 +163,10 @@ def test_wildcard_literals_appear_only_where_allowed() -> None:
         ("perf_pipelines/settings.py", "::"),
     }
     seen = set()
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in ("0.0.0.0", "::"):
-                key = (str(path.relative_to(PACKAGE.parent)), node.value)
+                key = (str(path.relative_to(ROOT)), node.value)
                 assert key in allowed, f"{key[0]}:{node.lineno} has {node.value!r}"
                 seen.add(key)
     assert seen <= allowed

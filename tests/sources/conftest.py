@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from perf_lab.simulator.fleet import Fleet, ServerSpec
 from perf_lab.simulator.http import run_fleet_in_thread
 from perf_lab.simulator.scenarios import mixed, targets_for
-
 from perf_pipelines.sources.promapi import PrometheusConfig
 from perf_pipelines.targets import Target, parse_targets
 from tests.support.http_servers import closed_port

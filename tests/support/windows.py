@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from perf_lab.evaluation.closed_loop import snapshot_frame
 
+from perf_lab.evaluation.closed_loop import snapshot_frame
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Histogram
 from perf_pipelines.storage.snapshots import SnapshotRow
 

@@ -4,6 +4,7 @@ collector, detection, recommendation, and advice applied through the control API
 from __future__ import annotations
 
 import pytest
+
 from perf_lab.evaluation.harness import EvaluationConfig, measure_goodput, settings_grid
 from perf_lab.evaluation.scoring import evaluate, to_markdown
 from perf_lab.simulator.scenarios import SCENARIOS, itl_breach, queue_saturation

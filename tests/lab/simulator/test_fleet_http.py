@@ -4,14 +4,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from perf_lab.simulator.fleet import RESTART_SECONDS, Fleet
 from perf_lab.simulator.http import run_fleet_in_thread
 from perf_lab.simulator.scenarios import SCENARIOS, mixed
-from prometheus_client.parser import text_string_to_metric_families
-
-from perf_pipelines.engines.exposition import parse_exposition
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import Engine
+from perf_pipelines.engines.exposition import parse_exposition
 
 ENGINES = {"vllm", "sglang", "tgi", "llamacpp"}
 
