@@ -18,7 +18,8 @@ def increases(values: Sequence[float | None] | np.ndarray) -> np.ndarray:
     samples = np.asarray(values, dtype=float)
     present = samples[~np.isnan(samples)]
     previous, current = present[:-1], present[1:]
-    return np.where(current >= previous, current - previous, current)
+    steps: np.ndarray = np.where(current >= previous, current - previous, current)
+    return steps
 
 
 def counter_increase(values: Sequence[float | None] | np.ndarray) -> float | None:

@@ -22,6 +22,11 @@ from perf_pipelines.analysis.promql import (
 )
 from perf_pipelines.targets import Target
 
+# A gap between two successful samples longer than this many typical scrape intervals (of the
+# sample's own run) is not observed time: the 5-minute pauses between cycles say nothing about
+# what happened in them. See `time_weights` and docs/detection.md §2.
+GAP_CAP_FACTOR = 2.0
+
 # Each engine's name for the cap on concurrently running requests, in the order we look.
 BATCH_LIMIT_SETTINGS = (
     "max_num_seqs",  # vLLM
@@ -33,6 +38,10 @@ BATCH_LIMIT_SETTINGS = (
 
 @dataclass
 class WindowStats:
+    """Pure data: what one (target, model) showed in a window. Gauges are per successful sample,
+    in time order; `sample_weights_s` says how many seconds of wall time each one stands for, so
+    every "how long" and every mean here is a share of observed time, not of a sample count."""
+
     target: str
     model: str | None
     engine: str | None
@@ -55,7 +64,38 @@ class WindowStats:
     quantiles: dict[str, float | None] = field(default_factory=dict)  # seconds
     observations: dict[str, float] = field(default_factory=dict)  # histogram counts in window
     settings: dict[str, Any] = field(default_factory=dict)
-    kv_capacity_tokens: float | None = None
+    kv_capacity_tokens: float | None = None  # KV pool in tokens, as the server exports it
+    # --- time (seconds) -----------------------------------------------------------------------
+    # Seconds of wall time each successful sample stands for: the time to the next successful
+    # sample, or the typical scrape interval of its run where that gap is longer than
+    # GAP_CAP_FACTOR intervals (a pause between cycles, not observed) and for the last sample.
+    sample_weights_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # Seconds of observed time between consecutive successful samples; 0 for an unobserved gap.
+    interval_weights_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    observed_s: float = 0.0  # sum of sample_weights_s
+    scrape_interval_s: float | None = None  # median gap between samples of one run
+    # Increase of the preemption counter in each interval (reset-aware; NaN where not measured).
+    preemption_increases: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # --- time-weighted means over the samples that carry the value; None when none does ------
+    running_mean: float | None = None  # requests in the running batch
+    waiting_mean: float | None = None  # requests queued (llama.cpp: requests_deferred)
+    kv_usage_mean: float | None = None  # fraction 0-1 of the KV pool (or of the named proxy)
+    # --- per-request and token figures the rules size steps from ------------------------------
+    prompt_tokens_per_request: float | None = None  # prompt tokens / finished requests, window
+    generation_tokens_per_request: float | None = None  # generated tokens / finished requests
+    # prompt + generated tokens per finished request: the context a request reaches at its end
+    context_tokens_per_request: float | None = None
+    kv_tokens_in_use_mean: float | None = None  # kv_usage_mean × kv_capacity_tokens (real gauge)
+    # TGI batches by tokens: its budget (--max-batch-total-tokens, tgi_batch_max_total_tokens)
+    # and, per sample, the tokens the running batch reserves (tgi_batch_current_max_tokens).
+    token_budget_tokens: float | None = None
+    batch_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN: not exported
+    batch_tokens_mean: float | None = None
+    reserved_tokens_per_request: float | None = None  # batch tokens / running, time-weighted
+    # llama.cpp: slots (--parallel, from the targets file; the server does not export it) and
+    # the context each slot gets (--ctx-size / --parallel when the KV cache is split per slot).
+    slots: float | None = None
+    ctx_per_slot_tokens: float | None = None
 
     @property
     def up_share(self) -> float:
@@ -65,11 +105,13 @@ class WindowStats:
     # per rule and target was a third of detect()'s time at 1,000 targets.
     @cached_property
     def running_or_zero(self) -> np.ndarray:
-        return np.nan_to_num(self.running, nan=0.0)
+        zeroed: np.ndarray = np.nan_to_num(self.running, nan=0.0)
+        return zeroed
 
     @cached_property
     def waiting_or_zero(self) -> np.ndarray:
-        return np.nan_to_num(self.waiting, nan=0.0)
+        zeroed: np.ndarray = np.nan_to_num(self.waiting, nan=0.0)
+        return zeroed
 
 
 _COUNTERS = {
@@ -120,11 +162,16 @@ class _Rows:
         times = pd.to_datetime(frame["collected_at"], utc=True)
         kept = np.flatnonzero(codes >= 0)
         # lexsort is stable: rows at the same instant keep the frame's order.
-        order = kept[np.lexsort((times.array.asi8[kept], codes[kept]))]
+        seconds = ((times - times.min()) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+        order = kept[np.lexsort((seconds[kept], codes[kept]))]
         self.target_names = [str(name) for name in names]
         # row range of each target, in the order of `target_names`
         self.bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
         self.times = times.array[order]
+        # seconds since the earliest row, whatever the datetime unit pandas chose
+        self.seconds = seconds[order]
+        runs = frame["run_id"] if "run_id" in frame.columns else pd.Series(0, index=frame.index)
+        self.runs = pd.factorize(runs)[0][order]
         self.up = frame["up"].to_numpy()[order].astype(bool)
         self.engine = frame["engine"].to_numpy(dtype=object)[order]
         self.has_engine = pd.notna(self.engine)
@@ -178,6 +225,138 @@ def _first_and_last_histogram(values: np.ndarray) -> tuple[dict[str, Any], dict[
     return None
 
 
+def time_weights(
+    times_s: np.ndarray, runs: np.ndarray | None = None, cap_factor: float = GAP_CAP_FACTOR
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Seconds of wall time each sample stands for, seconds of observed time in each interval
+    between consecutive samples, and the typical scrape interval.
+
+    A sample stands for the time to the next sample (the value is held until it is read again),
+    unless that gap is longer than `cap_factor` × the typical interval of the sample's run: such
+    a gap (the pause between two cycles) was not observed, and the sample then stands for one
+    typical interval, as the last sample of the window does. The typical interval of a run is the
+    median gap between its own samples; a run of one sample (or samples without run ids) takes the
+    median over all runs. Whatever the scrape interval or the number of samples, the weights add
+    up to the wall time actually watched.
+    """
+    n = len(times_s)
+    if n < 2:
+        return np.zeros(n), np.zeros(0), None
+    gaps = np.clip(np.diff(times_s), 0.0, None)
+    runs = np.zeros(n, dtype=int) if runs is None else runs
+    same_run = runs[1:] == runs[:-1]
+    within = gaps[same_run & (gaps > 0)]
+    pool = within if len(within) else gaps[gaps > 0]
+    if not len(pool):  # every sample at the same instant: no time observed
+        return np.zeros(n), np.zeros(n - 1), None
+    typical = float(np.median(pool))
+    per_sample = np.full(n, typical)
+    if len(within):
+        starts = np.flatnonzero(np.concatenate(([True], ~same_run)))
+        for start, stop in zip(starts, [*starts[1:], n], strict=True):
+            own = gaps[start : stop - 1]
+            own = own[own > 0]
+            if len(own):
+                per_sample[start:stop] = float(np.median(own))
+    observed = gaps <= cap_factor * per_sample[:-1]
+    intervals = np.where(observed, gaps, 0.0)
+    samples = np.append(np.where(observed, gaps, per_sample[:-1]), per_sample[-1])
+    return samples, intervals, typical
+
+
+def aligned_increases(values: np.ndarray) -> np.ndarray:
+    """The increase in each interval between consecutive samples (a reset counts its new value),
+    NaN for an interval that does not end at a sample with a value. Where values are missing in
+    between, the increase since the previous value is put on the interval that ends the gap."""
+    result = np.full(max(len(values) - 1, 0), np.nan)
+    present = np.flatnonzero(np.isfinite(values))
+    if len(present) < 2:
+        return result
+    previous, current = values[present[:-1]], values[present[1:]]
+    result[present[1:] - 1] = np.where(current >= previous, current - previous, current)
+    return result
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float | None:
+    """Mean of the finite values, each weighted by the seconds its sample stands for; None when
+    no value is finite."""
+    if len(values) != len(weights):
+        return None
+    present = np.isfinite(values)
+    if not present.any():
+        return None
+    total = float(np.sum(weights[present]))
+    if total <= 0:
+        return float(np.mean(values[present]))
+    return float(np.sum(values[present] * weights[present]) / total)
+
+
+def _number(value: Any) -> float | None:
+    """A positive finite number from a setting (targets file or server), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _per_request(stats: WindowStats) -> None:
+    finished = stats.increases.get("finished")
+    prompt = stats.increases.get("prompt_tokens")
+    generated = stats.increases.get("generation_tokens")
+    if not finished or finished <= 0:
+        return
+    if prompt is not None:
+        stats.prompt_tokens_per_request = prompt / finished
+    if generated is not None:
+        stats.generation_tokens_per_request = generated / finished
+    if prompt is not None and generated is not None:
+        stats.context_tokens_per_request = (prompt + generated) / finished
+
+
+def _token_budget(stats: WindowStats, ratios: np.ndarray, capacities: np.ndarray) -> None:
+    """TGI: the token budget and the tokens the running batch reserves, per sample."""
+    budget = _number(stats.settings.get("max_batch_total_tokens"))
+    if budget is None and np.isfinite(ratios).any():
+        budget = stats.kv_capacity_tokens
+    if budget is None:
+        return
+    stats.token_budget_tokens = budget
+    scale = np.where(np.isfinite(capacities) & (capacities > 0), capacities, budget)
+    stats.batch_tokens = ratios * scale
+    weights = stats.sample_weights_s
+    stats.batch_tokens_mean = weighted_mean(stats.batch_tokens, weights)
+    busy = np.isfinite(stats.batch_tokens) & (np.nan_to_num(stats.running, nan=0.0) > 0)
+    per_request = np.full(len(ratios), np.nan)
+    per_request[busy] = stats.batch_tokens[busy] / stats.running[busy]
+    stats.reserved_tokens_per_request = weighted_mean(per_request, weights)
+
+
+def _slots(stats: WindowStats) -> None:
+    """llama.cpp: slots and the context of each (the server exports neither)."""
+    if stats.engine != "llamacpp":
+        return
+    slots = _number(stats.settings.get("parallel"))
+    ctx = _number(stats.settings.get("ctx_size"))
+    stats.slots = slots
+    if slots is not None and ctx is not None:
+        stats.ctx_per_slot_tokens = ctx / slots
+
+
+def _time_fields(stats: WindowStats, seconds: np.ndarray, runs: np.ndarray) -> None:
+    samples, intervals, typical = time_weights(seconds, runs)
+    stats.sample_weights_s, stats.interval_weights_s = samples, intervals
+    stats.observed_s, stats.scrape_interval_s = float(np.sum(samples)), typical
+    stats.running_mean = weighted_mean(stats.running, samples)
+    stats.waiting_mean = weighted_mean(stats.waiting, samples)
+    stats.kv_usage_mean = weighted_mean(stats.kv_usage, samples)
+    capacity, mean = stats.kv_capacity_tokens, stats.kv_usage_mean
+    if stats.kv_usage_source == "kv_cache_usage" and capacity is not None and mean is not None:
+        stats.kv_tokens_in_use_mean = mean * capacity
+
+
 def _stats_for(
     key: tuple[str, str | None],
     rows: _Rows,
@@ -206,16 +385,11 @@ def _stats_for(
     kv_source: str | None = (
         "kv_cache_usage" if len(kv_usage) and not np.isnan(kv_usage).all() else None
     )
-    if kv_source is None and len(up):
-        ratios = np.array(
-            [
-                (extra or {}).get("kv_reservation_ratio", np.nan)
-                for extra in rows.objects["extra"][up]
-            ],
-            dtype=float,
-        )
-        if not np.isnan(ratios).all():
-            kv_usage, kv_source = ratios, "kv_reservation_ratio (TGI: reserved, not used, tokens)"
+    ratios = np.array(
+        [_reservation(extra) for extra in rows.objects["extra"][up]], dtype=float
+    ).reshape(-1)
+    if kv_source is None and np.isfinite(ratios).any():
+        kv_usage, kv_source = ratios, "kv_reservation_ratio (TGI: reserved, not used, tokens)"
     limit, limit_source = _batch_limit(target, settings)
     everything = np.sort(np.concatenate((up, down))) if len(down) else up
     engines = everything[rows.has_engine[everything]]
@@ -237,8 +411,14 @@ def _stats_for(
         batch_limit=limit,
         batch_limit_source=limit_source,
         settings=settings,
-        kv_capacity_tokens=None if pd.isna(capacity) else float(capacity),
+        kv_capacity_tokens=_number(capacity),
     )
+    _time_fields(stats, rows.seconds[up], rows.runs[up])
+    capacities = np.array(
+        [_number(c) or np.nan for c in rows.objects["kv_cache_capacity_tokens"][up]], dtype=float
+    ).reshape(-1)
+    _token_budget(stats, ratios, capacities)
+    _slots(stats)
     if len(up) < 2 or span <= 0:
         return stats
     counters = rows.counters[up]
@@ -247,6 +427,7 @@ def _stats_for(
         stats.increases[name] = increase
         stats.rates[name] = None if increase is None else increase / span
     preemptions = increases(counters[:, _PREEMPTIONS])
+    stats.preemption_increases = aligned_increases(counters[:, _PREEMPTIONS])
     stats.intervals = len(up) - 1
     stats.preemption_intervals_with_increase = int(np.count_nonzero(preemptions > 0))
     for name, column in _HISTOGRAMS.items():
@@ -264,7 +445,17 @@ def _stats_for(
             )
     hits, queries = stats.increases.get("prefix_hits"), stats.increases.get("prefix_queries")
     stats.rates["prefix_hit_rate"] = hits / queries if hits is not None and queries else None
+    _per_request(stats)
     return stats
+
+
+def _reservation(extra: Any) -> float:
+    """TGI's KV reservation ratio from a row's `extra`, NaN where there is none."""
+    value = extra.get("kv_reservation_ratio") if isinstance(extra, dict) else None
+    number = _number(value)
+    if number is None and isinstance(value, int | float) and value == 0:
+        return 0.0
+    return np.nan if number is None else number
 
 
 def window_stats(

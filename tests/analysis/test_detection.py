@@ -1,4 +1,5 @@
-"""Each rule on a small realistic window (15 s samples)."""
+"""Each rule on a small realistic window (15 s samples). Time-based evidence, the preemption
+kind and SGLang/TGI specifics: test_sustained.py; engine × kind: test_detection_matrix.py."""
 
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
@@ -43,10 +44,12 @@ def test_sustained_kv_pressure_with_preemption_is_critical() -> None:
         for i in range(8)
     ]
     detection = _detect(rows)
-    assert _kinds(detection) == {"kv_cache_pressure": "critical", "preemption": "critical"}
+    # One bottleneck: the preemptions are KV pressure's evidence, not a second report.
+    assert _kinds(detection) == {"kv_cache_pressure": "critical"}, detection.reports
     kv = next(r for r in detection.reports if r.kind == "kv_cache_pressure")
-    assert kv.evidence["share_of_samples_at_or_above"] == 1.0
-    assert 0 < kv.score <= 1 and kv.summary.startswith("KV cache at 94%")
+    assert kv.evidence["share_of_time"] == 1.0 and kv.evidence["sustained"] is True
+    assert kv.evidence["preemptions"] == 14 and kv.evidence["preempting"] is True
+    assert 0 < kv.score <= 1 and kv.summary.startswith("KV cache at 94%"), kv.summary
 
 
 def test_a_single_spike_is_not_a_bottleneck() -> None:
@@ -63,8 +66,12 @@ def test_counter_reset_is_not_read_as_negative_or_huge() -> None:
         _base(i, preemptions_total=float(p), kv_cache_usage=0.95) for i, p in enumerate(preemptions)
     ]
     detection = _detect(rows)
-    report = next(r for r in detection.reports if r.kind == "preemption")
+    report = next(r for r in detection.reports if r.kind == "kv_cache_pressure")
     assert report.evidence["preemptions"] == 20 + 20 + 5 + 20 * 4
+    for row in rows:
+        row["kv_cache_usage"] = 0.6  # the same preemptions without KV pressure: their own kind
+    (report,) = _detect(rows).reports
+    assert report.kind == "preemption" and report.evidence["preemptions"] == 125
 
 
 def test_queue_at_the_batch_limit_uses_the_configured_limit() -> None:
@@ -101,12 +108,21 @@ def test_no_slo_means_no_slo_report_and_says_so() -> None:
     assert any("no itl_p95_ms SLO" in reason for reason in detection.not_judged["vllm-a"])
 
 
-def test_underutilization_needs_a_known_limit_and_an_empty_queue() -> None:
+def test_underutilization_with_or_without_a_known_limit_needs_an_empty_queue() -> None:
     rows = [_base(i, requests_running=2.0, kv_cache_usage=0.05) for i in range(8)]
-    assert _kinds(_detect(rows, _target(config={"max_num_seqs": 256}))) == {
-        "underutilization": "info"
-    }
-    assert _kinds(_detect(rows)) == {}  # limit unknown: not judged
+    (known,) = _detect(rows, _target(config={"max_num_seqs": 256})).reports
+    assert (known.kind, known.severity, known.evidence["batch_limit"]) == (
+        "underutilization",
+        "info",
+        256,
+    )
+    # Limit unknown: judged on "≤ 2 running on average, nobody waiting, KV low", and says so.
+    (unknown,) = _detect(rows).reports
+    assert unknown.kind == "underutilization" and unknown.evidence["batch_limit_known"] is False
+    assert "not known" in unknown.evidence["batch_limit_source"]
+    for row in rows:
+        row["requests_waiting"] = 1.0
+    assert "underutilization" not in _kinds(_detect(rows))
 
 
 def test_target_down_all_or_some() -> None:
