@@ -114,7 +114,9 @@ _FAMILIES: dict[str, dict[int | None, str]] = {
     "a10g": {None: "A10G", 24: "A10G"},
     "l4": {None: "L4", 24: "L4"},
     "l40s": {None: "L40S", 48: "L40S"},
-    "a100": {40: "A100-40GB", 80: "A100-80GB"},
+    # "A100" alone: 40 or 80 GB, the same compute capability. Read as 80 GB, the variant that
+    # makes every memory-sized step smaller (a memory fraction of more GiB holds more tokens).
+    "a100": {None: "A100-80GB", 40: "A100-40GB", 80: "A100-80GB"},
     "h200": {None: "H200", 141: "H200"},
     "b200": {None: "B200", 180: "B200"},
     "mi250": {None: "MI250", 128: "MI250"},
@@ -138,16 +140,19 @@ def _h100(tokens: list[str], memory: int | None) -> str | None:
     # nvidia-smi names the SXM part "NVIDIA H100 80GB HBM3"; the PCIe part says "PCIe".
     if any(t.startswith("sxm") for t in tokens) or "hbm3" in tokens:
         return "H100-SXM-80GB"
-    return None  # "H100" alone: SXM or PCIe, which differ in bandwidth
+    # "H100" alone: SXM or PCIe, both 80 GB and compute capability 9.0, which is all the advice
+    # reads; the PCIe part's lower bandwidth is the conservative reading for the simulator.
+    return "H100-PCIe-80GB"
 
 
 def resolve_gpu(name: str) -> Gpu | None:
     """The GPU a user or `nvidia-smi`/`rocm-smi` names, or None when it is unknown or ambiguous.
 
     Accepts e.g. "NVIDIA H100 80GB HBM3", "h100-sxm5-80gb", "A100-SXM4-40GB", "Tesla T4",
-    "NVIDIA A10G", "AMD Instinct MI300X", "L40S", "MI300X" and the keys of `GPUS`. Never
-    guesses: "A100" (40 or 80 GB?) and "H100" (SXM or PCIe?) give None, as does a memory size
-    that the model does not come in.
+    "NVIDIA A10G", "AMD Instinct MI300X", "L40S", "MI300X" and the keys of `GPUS`. A family
+    name whose variants share vendor and compute capability ("A100", "H100") is read as the
+    variant that keeps memory-sized steps smallest; a name that could be another product
+    ("H100 NVL", "L40") or a memory size the model does not come in gives None.
     """
     if not isinstance(name, str) or not name.strip() or len(name) > 200:
         return None

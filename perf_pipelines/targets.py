@@ -49,6 +49,9 @@ class Target(BaseModel):
     url: str = Field(max_length=2048)
     engine: Literal["vllm", "sglang", "tgi", "llamacpp", "auto"] = "auto"
     model: str | None = Field(None, max_length=512)
+    # The engine's release ("0.10.2", "v0.5.4", "3.3.4", llama.cpp's build "b5000"): advice uses
+    # the flags and values of that release; unknown, only what every covered release accepts.
+    version: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9._+-]+$")
     hardware: Hardware | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     slo: Slo = Field(default_factory=Slo)

@@ -14,7 +14,9 @@ fi
 export UV_PYTHON_DOWNLOADS=never
 case "${1:-}" in
   dev) groups=(--group dev) ;;
-  "") groups=(--no-dev --group lab) ;;
+  # --inexact: the demo adds what it needs and removes nothing, so running it from a dev
+  # environment (tests/test_demo_script.py does) leaves pytest and the linters in place.
+  "") groups=(--no-dev --group lab --inexact) ;;
   *) echo "usage: $0 [dev]" >&2; exit 1 ;;
 esac
 uv sync --locked --quiet --python "$PYTHON" "${groups[@]}"

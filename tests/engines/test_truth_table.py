@@ -457,6 +457,9 @@ def test_reasons_are_one_line_and_name_a_source() -> None:
         ("AMD Instinct MI325X", "MI325X"),
         ("AMD Instinct MI250", "MI250"),
         ("h100-sxm-80gb", "H100-SXM-80GB"),
+        # a family whose variants share compute capability: the variant with the smaller steps
+        ("H100", "H100-PCIe-80GB"),
+        ("A100", "A100-80GB"),
     ],
 )
 def test_resolve_gpu(name: str, expected: str) -> None:
@@ -467,8 +470,6 @@ def test_resolve_gpu(name: str, expected: str) -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "H100",
-        "A100",
         "H100 NVL",
         "NVIDIA GeForce RTX 4090",
         "L40",

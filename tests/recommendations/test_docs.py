@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 import perf_pipelines.analysis.detection as detection
+import perf_pipelines.recommendations.ladders as ladders
 import perf_pipelines.recommendations.rules as rules
+import perf_pipelines.recommendations.sizing as sizing
 
-DOC = Path(__file__).parents[2] / "docs" / "detection.md"
+DOCS = Path(__file__).parents[2] / "docs"
+DOC = DOCS / "detection.md"
+RULES_DOC = DOCS / "recommendations.md"
 
 
 def _numeric_constants(module: object) -> dict[str, float]:
@@ -33,7 +37,13 @@ def _numeric_constants(module: object) -> dict[str, float]:
     return found
 
 
-CONSTANTS = {**_numeric_constants(detection), **_numeric_constants(rules)}
+DETECTION_CONSTANTS = _numeric_constants(detection)
+RULE_CONSTANTS = {
+    **_numeric_constants(rules),
+    **_numeric_constants(ladders),
+    **_numeric_constants(sizing),
+}
+CONSTANTS = {**DETECTION_CONSTANTS, **RULE_CONSTANTS}
 
 
 def test_the_code_has_the_thresholds_this_test_expects() -> None:
@@ -43,10 +53,11 @@ def test_the_code_has_the_thresholds_this_test_expects() -> None:
 
 @pytest.mark.parametrize(("name", "value"), sorted(CONSTANTS.items()))
 def test_every_threshold_is_documented_with_its_value(name: str, value: float) -> None:
-    text = DOC.read_text(encoding="utf-8")
+    doc = RULES_DOC if name in RULE_CONSTANTS else DOC
+    text = doc.read_text(encoding="utf-8")
     stated = [
         float(number)
         for number in re.findall(rf"`{name}`\s*(?:\||=)\s*\**([0-9]+(?:\.[0-9]+)?)", text)
     ]
-    assert stated, f"{name} is not stated as `{name}` | value or `{name}` = value in {DOC.name}"
+    assert stated, f"{name} is not stated as `{name}` | value or `{name}` = value in {doc.name}"
     assert all(number == pytest.approx(value) for number in stated), (name, value, stated)

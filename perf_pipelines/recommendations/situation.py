@@ -1,0 +1,200 @@
+"""What the rules know about one target × model: its window, engine, version, GPU, and the
+current value of each setting with where that value came from.
+
+Rules never guess a fact about the engine: defaults, accepted values and caps come from the
+engine truth table (perf_pipelines/engines/truth_table.yaml) for the version the targets file
+names, or — version unknown — from what every covered version accepts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from perf_pipelines.analysis.window import WindowStats
+from perf_pipelines.engines import truth
+from perf_pipelines.findings import BottleneckReport
+from perf_pipelines.hardware import GIB, MODELS, Gpu, ModelProfile, resolve_gpu
+from perf_pipelines.targets import Target
+
+# Current values under another name: vLLM's cache_config_info calls kv_cache_dtype cache_dtype.
+_ALIASES = {("vllm", "kv_cache_dtype"): "cache_dtype"}
+
+
+@dataclass(frozen=True)
+class Current:
+    """A setting's value now and how we know it."""
+
+    value: Any
+    source: str  # "targets file" | "server" | "running plateau" | "engine default" | "unknown"
+
+    @property
+    def known(self) -> bool:
+        return self.source in ("targets file", "server", "running plateau")
+
+    @property
+    def note(self) -> str:
+        """Said in the rationale whenever the value is not known for certain."""
+        if self.known and self.source != "running plateau":
+            return ""
+        if self.source == "running plateau":
+            return " (current value inferred from the running plateau, not configured)"
+        return f" (current value assumed to be the {self.source})"
+
+    def number(self) -> float | None:
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+
+def _mean(values: np.ndarray) -> float | None:
+    finite = values[~np.isnan(values)] if len(values) else values
+    return float(np.mean(finite)) if len(finite) else None
+
+
+@dataclass
+class Situation:
+    stats: WindowStats
+    target: Target | None
+    reports: dict[str, BottleneckReport]
+
+    @property
+    def engine(self) -> str:
+        return self.stats.engine or ""
+
+    @cached_property
+    def version(self) -> truth.Version | None:
+        text = self.target.version if self.target is not None else None
+        return truth.parse_version(self.engine, text)
+
+    @cached_property
+    def gpu(self) -> Gpu | None:
+        if self.target is None or self.target.hardware is None:
+            return None
+        return resolve_gpu(self.target.hardware.gpu)
+
+    @property
+    def gpu_facts(self) -> str:
+        """The hardware facts an FP8 decision rests on, as a reader can check them."""
+        gpu = self.gpu
+        if gpu is None:
+            return self.gpu_label
+        if gpu.vendor == "nvidia":
+            return f"{gpu.name}, compute capability {gpu.compute_capability}"
+        return f"{gpu.name}, {gpu.vendor.upper()} {gpu.arch}"
+
+    @property
+    def gpu_count(self) -> int:
+        return self.target.hardware.count if self.target and self.target.hardware else 1
+
+    @property
+    def gpu_label(self) -> str:
+        if self.target is None or self.target.hardware is None:
+            return "GPU not given in the targets file"
+        if self.gpu is None:
+            return f"unknown GPU {self.target.hardware.gpu!r}"
+        return self.gpu.name
+
+    @cached_property
+    def fp8(self) -> str:
+        """FP8 support of the GPU: "compute", "weight_only" or "none" (unknown GPU: "none")."""
+        return truth.fp8_support(self.gpu)
+
+    @cached_property
+    def model(self) -> ModelProfile | None:
+        return MODELS.get(self.stats.model or "")
+
+    def current(self, parameter: str) -> Current:
+        settings = self.stats.settings
+        config = self.target.config if self.target is not None else {}
+        if config.get(parameter) is not None:
+            return Current(config[parameter], "targets file")
+        for name in (parameter, _ALIASES.get((self.engine, parameter))):
+            if name is not None and settings.get(name) is not None:
+                return Current(settings[name], "server")
+        default = truth.default_value(self.engine, self.version, parameter)
+        if default is None:
+            return Current(None, "unknown")
+        return Current(default, f"{self.engine} default")
+
+    def fact(self, parameter: str) -> truth.FlagFact | None:
+        return truth.flag_fact(self.engine, self.version, parameter)
+
+    def accepts(self, parameter: str, value: object) -> str | None:
+        """None when the engine accepts `value` here, else the reason it does not. FP8 weights
+        on a GPU without FP8 compute are accepted where they run weight-only: the rung says so."""
+        settings = {**self.stats.settings, **(self.target.config if self.target else {})}
+        return truth.check_value(
+            self.engine,
+            self.version,
+            parameter,
+            value,
+            self.gpu,
+            settings=settings,
+            allow_weight_only=parameter in ("quantization", "quantize"),
+        )
+
+    # --- what the window measured, in the units the step sizes need -----------------------
+
+    @cached_property
+    def running_mean(self) -> float | None:
+        return _mean(self.stats.running)
+
+    @cached_property
+    def waiting_mean(self) -> float:
+        return _mean(self.stats.waiting) or 0.0
+
+    @cached_property
+    def kv_mean(self) -> float | None:
+        return _mean(self.stats.kv_usage)
+
+    @cached_property
+    def kv_exported(self) -> bool:
+        return self.stats.kv_usage_source == "kv_cache_usage" and self.kv_mean is not None
+
+    @cached_property
+    def prompt_mean(self) -> float | None:
+        prompts, finished = self.stats.increases.get("prompt_tokens"), self.finished
+        return prompts / finished if prompts is not None and finished else None
+
+    @cached_property
+    def output_mean(self) -> float | None:
+        generated, finished = self.stats.increases.get("generation_tokens"), self.finished
+        return generated / finished if generated is not None and finished else None
+
+    @property
+    def finished(self) -> float | None:
+        value = self.stats.increases.get("finished")
+        return value if value is not None and value > 0 else None
+
+    @cached_property
+    def tokens_per_sequence(self) -> tuple[float, str] | None:
+        """KV tokens one running sequence holds on average, and how that was measured."""
+        capacity, kv, running = self.stats.kv_capacity_tokens, self.kv_mean, self.running_mean
+        if capacity and kv is not None and self.kv_exported and running and running >= 1:
+            used = kv * capacity / running
+            return used, (
+                f"{kv:.0%} of {capacity:,.0f} KV tokens over {running:.1f} running "
+                f"= {used:,.0f} tokens per sequence"
+            )
+        if self.prompt_mean is not None:
+            held = self.prompt_mean + 0.5 * (self.output_mean or 0.0)
+            return held, (
+                f"mean prompt {self.prompt_mean:,.0f} + half the mean output "
+                f"{self.output_mean or 0.0:,.0f} = {held:,.0f} tokens per sequence"
+            )
+        return None
+
+    def kv_bytes_per_token(self, kv_dtype: object) -> float | None:
+        if self.model is None:
+            return None
+        return self.model.kv_bytes_per_token(1.0 if str(kv_dtype).startswith("fp8") else 2.0)
+
+    @property
+    def total_gpu_bytes(self) -> float | None:
+        return None if self.gpu is None else self.gpu.memory_gib * GIB * self.gpu_count

@@ -1,0 +1,180 @@
+"""Step sizes computed from the window's evidence, each with the arithmetic a reader can check.
+
+Every function returns the proposed value and a `computation` dict of the numbers it used; the
+recommendation's evidence carries that dict, so an operator can redo the sum by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from perf_pipelines.recommendations.situation import Situation
+
+TARGET_KV_USAGE = 0.85  # size KV so that the load seen uses 85 %: below the 90 % pressure mark
+MEMORY_STEP = 0.05  # the step when the KV arithmetic lacks an input (said in the evidence)
+MAX_BATCH_FACTOR = 2.0  # never more than ×2 or ÷2 of a batch limit in one step
+MAX_PREFILL_FACTOR = 4.0  # a prefill budget moves at most ×4 in one step
+
+
+@dataclass
+class Sized:
+    value: float
+    computation: dict[str, Any] = field(default_factory=dict)
+    sized: bool = True  # False: a fixed step because an input was missing (computation says)
+
+
+def _round_up(value: float, step: float = 0.01) -> float:
+    return round(math.ceil(value / step - 1e-9) * step, 2)
+
+
+def kv_tokens_needed(situation: Situation) -> tuple[float, dict[str, Any]] | None:
+    """KV tokens that would hold the load seen at TARGET_KV_USAGE: the running and the waiting
+    sequences at their measured size, or the peak usage seen, whichever is larger."""
+    per_sequence = situation.tokens_per_sequence
+    capacity = situation.stats.kv_capacity_tokens
+    if per_sequence is None or not capacity:
+        return None
+    tokens, how = per_sequence
+    sequences = (situation.running_mean or 0.0) + situation.waiting_mean
+    demand = sequences * tokens / TARGET_KV_USAGE
+    kv = situation.stats.kv_usage
+    peak = float(max(kv[~(kv != kv)])) if len(kv) and situation.kv_exported else 0.0
+    needed = max(demand, capacity * peak / TARGET_KV_USAGE)
+    return needed, {
+        "tokens_per_sequence": round(tokens),
+        "tokens_per_sequence_from": how,
+        "sequences_running_plus_waiting": round(sequences, 1),
+        "kv_tokens_capacity": round(capacity),
+        "kv_usage_peak": round(peak, 3),
+        "target_kv_usage": TARGET_KV_USAGE,
+        "kv_tokens_needed": round(needed),
+    }
+
+
+def memory_fraction(situation: Situation, current: float, cap: float) -> Sized:
+    """The memory fraction whose extra memory holds `kv_tokens_needed`, capped at `cap`."""
+    need = kv_tokens_needed(situation)
+    kv_dtype = situation.current("kv_cache_dtype").value
+    per_token = situation.kv_bytes_per_token(kv_dtype)
+    total = situation.total_gpu_bytes
+    missing = [
+        name
+        for name, value in (
+            ("KV tokens needed (capacity, usage or token counts)", need),
+            ("model profile (KV bytes per token)", per_token),
+            ("GPU memory (hardware in the targets file)", total),
+        )
+        if value is None
+    ]
+    if missing or need is None or per_token is None or total is None:
+        new = min(cap, _round_up(current + MEMORY_STEP))
+        return Sized(new, {"fixed_step": MEMORY_STEP, "not_sized_because": missing}, sized=False)
+    needed, computation = need
+    extra_tokens = max(0.0, needed - computation["kv_tokens_capacity"])
+    extra_fraction = extra_tokens * per_token / total
+    new = min(cap, _round_up(current + max(0.01, extra_fraction)))
+    computation |= {
+        "kv_tokens_extra": round(extra_tokens),
+        "kv_bytes_per_token": round(per_token),
+        "gpu_memory_bytes_total": round(total),
+        "memory_fraction_extra": round(extra_fraction, 4),
+        "memory_fraction_cap": cap,
+        "covers_share_of_need": round(
+            min(1.0, (new - current) / extra_fraction) if extra_fraction > 0 else 1.0, 3
+        ),
+    }
+    return Sized(new, computation)
+
+
+def concurrency_for_kv(situation: Situation, current: float) -> Sized:
+    """The concurrency cap the KV cache holds at TARGET_KV_USAGE, below `current`."""
+    running, kv = situation.running_mean, situation.kv_mean
+    per_sequence = situation.tokens_per_sequence
+    capacity = situation.stats.kv_capacity_tokens
+    if running and kv and situation.kv_exported and kv > 0:
+        value = math.floor(TARGET_KV_USAGE * running / kv)
+        computation: dict[str, Any] = {
+            "running_mean": round(running, 1),
+            "kv_usage_mean": round(kv, 3),
+            "formula": "floor(target_kv_usage × running_mean / kv_usage_mean)",
+        }
+    elif capacity and per_sequence is not None:
+        value = math.floor(TARGET_KV_USAGE * capacity / per_sequence[0])
+        computation = {
+            "kv_tokens_capacity": round(capacity),
+            "tokens_per_sequence": round(per_sequence[0]),
+            "tokens_per_sequence_from": per_sequence[1],
+            "formula": "floor(target_kv_usage × capacity / tokens_per_sequence)",
+        }
+    else:
+        value = math.floor(current * 0.75)
+        return Sized(
+            max(1, min(value, current - 1)),
+            {"fixed_step": "×0.75", "not_sized_because": ["no KV usage or token counts"]},
+            sized=False,
+        )
+    computation["target_kv_usage"] = TARGET_KV_USAGE
+    floor = math.ceil(current / MAX_BATCH_FACTOR)
+    return Sized(max(1, floor, min(value, current - 1)), computation)
+
+
+def concurrency_for_queue(situation: Situation, current: float) -> Sized:
+    """Room for the mean queue, at most ×2, and no further than the KV headroom allows."""
+    waiting = situation.waiting_mean
+    computation: dict[str, Any] = {"batch_limit": current, "waiting_mean": round(waiting, 1)}
+    value = math.floor(min(current * MAX_BATCH_FACTOR, current + max(waiting, 1.0)))
+    running, kv = situation.running_mean, situation.kv_mean
+    if running and kv and situation.kv_exported and kv > 0:
+        kv_room = math.floor(TARGET_KV_USAGE * running / kv)
+        computation |= {
+            "running_mean": round(running, 1),
+            "kv_usage_mean": round(kv, 3),
+            "kv_allows": kv_room,
+            "kv_formula": "floor(target_kv_usage × running_mean / kv_usage_mean)",
+        }
+        value = min(value, kv_room)
+    computation["proposed"] = value
+    return Sized(value, computation)
+
+
+def concurrency_for_itl(
+    situation: Situation, current: float, slo_ms: float, p95_ms: float
+) -> Sized:
+    """Decode time per step grows with the batch: scale the running batch by SLO / p95."""
+    running = situation.running_mean or current
+    target_batch = max(1.0, running * slo_ms / p95_ms)
+    floor = math.ceil(current / MAX_BATCH_FACTOR)
+    value = max(1, floor, min(current - 1, math.floor(target_batch)))
+    return Sized(
+        value,
+        {
+            "running_mean": round(running, 1),
+            "itl_p95_ms": round(p95_ms, 1),
+            "itl_slo_ms": slo_ms,
+            "formula": "floor(running_mean × slo / p95), at most ÷2",
+            "target_batch": round(target_batch, 1),
+        },
+    )
+
+
+def prefill_budget(situation: Situation, current: float, maximum: float | None) -> Sized | None:
+    """A budget that fits the mean prompt in one step (next power of two), at most ×4."""
+    prompt = situation.prompt_mean
+    if prompt is None or prompt <= current:
+        return None
+    fitting = 2 ** math.ceil(math.log2(prompt))
+    value = min(current * MAX_PREFILL_FACTOR, float(fitting))
+    if maximum is not None:
+        value = min(value, maximum)
+    if value <= current:
+        return None
+    return Sized(
+        int(value),
+        {
+            "prompt_tokens_mean": round(prompt),
+            "budget_now": current,
+            "formula": "next power of two ≥ mean prompt, at most ×4",
+        },
+    )
