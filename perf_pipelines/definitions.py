@@ -73,6 +73,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
         ),
         "analysis": AnalysisResource(
             window_minutes=settings.analysis_window_minutes,
+            sustained_share=settings.detection_sustained_share,
+            min_sustained_s=settings.detection_min_sustained_s,
             outcome_settle_minutes=settings.outcome_settle_minutes,
             recommendation_ttl_minutes=settings.recommendation_ttl_minutes,
         ),

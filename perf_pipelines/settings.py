@@ -93,10 +93,17 @@ class Settings(BaseSettings):
     scrape_timeout_s: float = Field(5.0, gt=0, le=120)
     scrape_concurrency: int = Field(64, ge=1, le=4096)
     scrape_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
-    scrape_samples: int = Field(3, ge=1, le=100, description="samples per target per cycle")
+    # 8 samples 5 s apart span 35 s: one cycle shows a condition held DETECTION_MIN_SUSTAINED_S
+    scrape_samples: int = Field(8, ge=1, le=100, description="samples per target per cycle")
     scrape_interval_s: float = Field(5.0, ge=0, le=600, description="pause between samples")
     analysis_window_minutes: float = Field(
         15.0, gt=0, le=24 * 60, description="how far back bottleneck analysis looks"
+    )
+    detection_sustained_share: float = Field(
+        0.5, gt=0, le=1, description="share of the observed time a condition must hold"
+    )
+    detection_min_sustained_s: float = Field(
+        30.0, ge=0, le=3600, description="seconds a condition must hold to count as sustained"
     )
     outcome_settle_minutes: float = Field(
         2.0, ge=0, le=24 * 60, description="restart and warm-up time excluded after a change"

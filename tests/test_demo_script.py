@@ -34,8 +34,9 @@ def test_demo_finds_the_mixed_fleets_bottlenecks_in_one_run(tmp_path: Path) -> N
         )
         flags = dict(db.execute("SELECT target, engine_flag FROM open_recommendations"))
         snapshots = db.execute("SELECT count(*) FROM metric_snapshots WHERE up").fetchone()[0]
-    assert snapshots == 6 * 3  # six servers, three samples, all up
-    # One default run (3 samples 5 s apart) is enough to see each server's named bottleneck.
+    assert snapshots == 6 * 8  # six servers, eight samples, all up
+    # One default run (8 samples 5 s apart: 35 s, more than the 30 s a condition must hold to be
+    # sustained) is enough to see each server's named bottleneck.
     assert "kv_cache_pressure" in kinds["vllm-llama70b-kv"]
     assert "queue_saturation" in kinds["vllm-llama8b-queue"]
     assert "underutilization" in kinds["sglang-qwen7b-idle"]

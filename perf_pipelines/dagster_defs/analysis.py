@@ -62,7 +62,7 @@ def bottleneck_reports(
             connection, start, end, targets=list(target_map), decode_histograms=False
         )
     stats = window_stats(frame, target_map, start, end)
-    detection = detect(stats, target_map)
+    detection = detect(stats, target_map, analysis.detection_config())
     with engine.begin() as connection:
         write_reports(connection, context.run.run_id, detection.reports, end)
     ordered = sorted(detection.reports, key=lambda r: (_SEVERITY_ORDER[r.severity], -r.score))
@@ -79,6 +79,13 @@ def bottleneck_reports(
             "warning": MetadataValue.int(severities["warning"]),
             "targets_analysed": MetadataValue.int(len({s.target for s in stats})),
             "window_minutes": MetadataValue.float(analysis.window_minutes),
+            "sustained": MetadataValue.text(
+                f"≥ {analysis.min_sustained_s:g} s and ≥ {analysis.sustained_share:.0%} of the "
+                "observed time"
+            ),
+            "bursts": MetadataValue.int(
+                sum(1 for r in detection.reports if r.evidence.get("sustained") is False)
+            ),
             "kinds": MetadataValue.json(dict(Counter(r.kind for r in detection.reports))),
             "top_bottlenecks": MetadataValue.md(
                 markdown_table(

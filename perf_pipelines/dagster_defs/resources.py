@@ -12,6 +12,7 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 from sqlalchemy import Engine
 
+from perf_pipelines.analysis.detection import MIN_SUSTAINED_S, SUSTAINED_SHARE, DetectionConfig
 from perf_pipelines.sources.promapi import PrometheusConfig
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.targets import Target, load_targets
@@ -71,7 +72,7 @@ class ScraperResource(ConfigurableResource["ScraperResource"]):
     timeout_s: float = 5.0
     concurrency: int = 64
     max_bytes: int = 16 * 1024 * 1024
-    samples: int = 3
+    samples: int = 8
     interval_s: float = 5.0
     prometheus_url: str | None = None
     prometheus_token: str | None = None
@@ -96,12 +97,21 @@ class ScraperResource(ConfigurableResource["ScraperResource"]):
 
 class AnalysisResource(ConfigurableResource["AnalysisResource"]):
     """How much history bottleneck detection looks at (ANALYSIS_WINDOW_MINUTES), how long a
-    server settles after applied advice before its outcome is measured (OUTCOME_SETTLE_MINUTES),
-    and how long open advice lives without being given again (RECOMMENDATION_TTL_MINUTES)."""
+    condition must hold to count as sustained (DETECTION_SUSTAINED_SHARE of the observed time and
+    DETECTION_MIN_SUSTAINED_S seconds), how long a server settles after applied advice before its
+    outcome is measured (OUTCOME_SETTLE_MINUTES), and how long open advice lives without being
+    given again (RECOMMENDATION_TTL_MINUTES)."""
 
     window_minutes: float = 15.0
+    sustained_share: float = SUSTAINED_SHARE
+    min_sustained_s: float = MIN_SUSTAINED_S
     outcome_settle_minutes: float = 2.0
     recommendation_ttl_minutes: float = 60.0
+
+    def detection_config(self) -> DetectionConfig:
+        return DetectionConfig(
+            sustained_share=self.sustained_share, min_sustained_s=self.min_sustained_s
+        )
 
 
 class AgentResource(ConfigurableResource["AgentResource"]):

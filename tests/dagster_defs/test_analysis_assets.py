@@ -4,6 +4,8 @@ metric_snapshots → bottleneck_reports → tuning_recommendations, with their a
 SQLite and PostgreSQL. Detection needs MIN_SPAN_S of wall-clock history (timestamps are the
 collector's), so a first scrape-only run lays down that history — as the previous cycle does in
 production, where the analysis window spans several cycles — and the cycles after it are short.
+A condition counts only when held DETECTION_MIN_SUSTAINED_S (30 s by default, one default cycle
+of 8 samples 5 s apart); these cycles lower it to a few seconds so as not to wait half a minute.
 """
 
 from pathlib import Path
@@ -64,7 +66,9 @@ def test_kv_pressure_cycle_reports_recommends_and_does_not_duplicate(
             ),
         )
         assert history.success
-        quick = cycle_resources(database_url, targets, samples=2, interval_s=0.2)
+        quick = cycle_resources(
+            database_url, targets, samples=2, interval_s=0.2, min_sustained_s=MIN_SPAN_S / 2
+        )
         first = materialize(CYCLE, resources=quick)
         engine = create_db_engine(database_url)
         after_first = _recommendations(engine)

@@ -38,7 +38,8 @@ TARGETS = {
 
 
 def _window() -> tuple[list[BottleneckReport], list[Recommendation]]:
-    """vllm-a: KV pressure with preemptions; tgi-b: never answered (no model)."""
+    """vllm-a: KV pressure with preemptions (one report: the preemptions are its evidence);
+    tgi-b: never answered (no model)."""
     pressured = [
         {
             "requests_running": 40.0,
@@ -100,14 +101,14 @@ def _store(
 def test_write_reports_is_idempotent_for_a_rerun(engine: Engine) -> None:
     reports, _ = _window()
     kinds = {(r.target, r.model, r.kind) for r in reports}
-    assert ("tgi-b", None, "target_down") in kinds and len(kinds) == len(reports) == 3
+    assert ("tgi-b", None, "target_down") in kinds and len(kinds) == len(reports) == 2
     with engine.begin() as connection:
         first = write_reports(connection, "run-1", reports, NOW)
     with engine.begin() as connection:
         again = write_reports(connection, "run-1", reports, NOW)  # Dagster retried the step
     assert first == again and set(first) == kinds
     rows = _report_rows(engine)
-    assert len(rows) == 3  # the model-less target_down row is not duplicated either
+    assert len(rows) == 2  # the model-less target_down row is not duplicated either
     stored = {(r.target, r.model, r.kind): r for r in rows}
     kv = stored[("vllm-a", "meta-llama/Llama-3.1-8B-Instruct", "kv_cache_pressure")]
     original = next(r for r in reports if r.kind == "kv_cache_pressure")
@@ -116,7 +117,7 @@ def test_write_reports_is_idempotent_for_a_rerun(engine: Engine) -> None:
 
     with engine.begin() as connection:
         next_run = write_reports(connection, "run-2", reports, LATER)
-    assert len(_report_rows(engine)) == 6
+    assert len(_report_rows(engine)) == 4
     assert set(next_run.values()).isdisjoint(first.values())
 
 

@@ -35,10 +35,15 @@ def cycle_resources(
     interval_s: float,
     timeout_s: float = 2.0,
     window_minutes: float = 15,
+    min_sustained_s: float | None = None,
 ) -> dict[str, object]:
+    """`min_sustained_s` lowers DETECTION_MIN_SUSTAINED_S for tests whose history is seconds."""
+    analysis = AnalysisResource(window_minutes=window_minutes)
+    if min_sustained_s is not None:
+        analysis = AnalysisResource(window_minutes=window_minutes, min_sustained_s=min_sustained_s)
     return {
         "database": DatabaseResource(url=database_url),
         "targets": TargetsResource(path=str(targets)),
         "scraper": ScraperResource(timeout_s=timeout_s, samples=samples, interval_s=interval_s),
-        "analysis": AnalysisResource(window_minutes=window_minutes),
+        "analysis": analysis,
     }
