@@ -449,3 +449,22 @@ def test_the_gap_cap_is_documented_with_its_value() -> None:
 
     doc = (Path(__file__).parents[2] / "docs" / "detection.md").read_text(encoding="utf-8")
     assert f"`GAP_CAP_FACTOR` = {GAP_CAP_FACTOR}" in doc
+
+
+def test_the_settings_reach_detection_through_the_analysis_resource(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from perf_pipelines.dagster_defs.resources import AnalysisResource
+    from perf_pipelines.definitions import build_resources
+    from perf_pipelines.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("DETECTION_SUSTAINED_SHARE", "0.7")
+    monkeypatch.setenv("DETECTION_MIN_SUSTAINED_S", "45")
+    analysis = build_resources(load_settings())["analysis"]
+    assert isinstance(analysis, AnalysisResource)
+    config = analysis.detection_config()
+    assert (config.sustained_share, config.min_sustained_s) == (0.7, 45.0)
+    assert AnalysisResource().detection_config() == DEFAULT_CONFIG
+    monkeypatch.setenv("DETECTION_SUSTAINED_SHARE", "1.5")
+    with pytest.raises((SettingsError, ValueError), match=r"DETECTION_SUSTAINED_SHARE|sustained"):
+        load_settings()
