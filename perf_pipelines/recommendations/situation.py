@@ -141,17 +141,22 @@ class Situation:
 
     # --- what the window measured, in the units the step sizes need -----------------------
 
+    # Means over observed wall time (analysis/window.py weighs each sample by the time it stands
+    # for); a plain mean over the samples where a window carries no weights.
     @cached_property
     def running_mean(self) -> float | None:
-        return _mean(self.stats.running)
+        stats = self.stats
+        return stats.running_mean if stats.running_mean is not None else _mean(stats.running)
 
     @cached_property
     def waiting_mean(self) -> float:
-        return _mean(self.stats.waiting) or 0.0
+        stats = self.stats
+        return stats.waiting_mean if stats.waiting_mean is not None else _mean(stats.waiting) or 0.0
 
     @cached_property
     def kv_mean(self) -> float | None:
-        return _mean(self.stats.kv_usage)
+        stats = self.stats
+        return stats.kv_usage_mean if stats.kv_usage_mean is not None else _mean(stats.kv_usage)
 
     @cached_property
     def kv_exported(self) -> bool:

@@ -7,7 +7,6 @@ and never propose FP8 where the hardware cannot run it — unknown GPUs included
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -15,12 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from perf_pipelines.analysis.detection import detect
-from perf_pipelines.analysis.window import WindowStats
+from perf_pipelines.analysis.window import WindowStats, window_stats
 from perf_pipelines.engines import truth
+from perf_pipelines.engines.canonical import Histogram
 from perf_pipelines.hardware import MODELS, resolve_gpu
 from perf_pipelines.recommendations.ladders import MAX_MEMORY_FRACTION, MEMORY_FRACTION
 from perf_pipelines.recommendations.rules import DEPLOYMENT_PARAMETERS, advise, contradictions
 from perf_pipelines.targets import Target
+from tests.support.windows import frame, itl_histogram, window_bounds
 
 ENGINES = ("vllm", "sglang", "tgi", "llamacpp")
 VERSIONS = {
@@ -69,7 +70,6 @@ SETTINGS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "cache_type_k": st.sampled_from(["f16", "q8_0"]),
     },
 }
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 PATTERNS = ("kv_pressure", "queue_at_cap", "preempting", "idle", "burst", "noise")
@@ -106,8 +106,17 @@ def _gauges(draw: st.DrawFn, samples: int) -> tuple[np.ndarray, np.ndarray, np.n
     return running, waiting, kv
 
 
+TTFT_BOUNDS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _histogram(bounds: tuple[float, ...], count: float, at_bucket: int) -> Histogram:
+    cumulative = (*(0.0 if i < at_bucket else count for i in range(len(bounds))), count)
+    return Histogram(bounds, cumulative, sum=count * bounds[at_bucket], count=count)
+
+
 @st.composite
-def situations(draw: st.DrawFn) -> tuple[WindowStats, dict[str, Target]]:
+def situations(draw: st.DrawFn) -> tuple[list[WindowStats], dict[str, Target]]:
+    """A window built as the pipeline builds it: canonical rows → window_stats."""
     engine = draw(st.sampled_from(ENGINES))
     settings_now = {
         name: value
@@ -119,10 +128,7 @@ def situations(draw: st.DrawFn) -> tuple[WindowStats, dict[str, Target]]:
     slo = draw(
         st.fixed_dictionaries(
             {},
-            optional={
-                "ttft_p95_ms": st.floats(100, 5000),
-                "itl_p95_ms": st.floats(10, 200),
-            },
+            optional={"ttft_p95_ms": st.floats(100, 5000), "itl_p95_ms": st.floats(10, 200)},
         )
     )
     target = Target.model_validate(
@@ -139,58 +145,50 @@ def situations(draw: st.DrawFn) -> tuple[WindowStats, dict[str, Target]]:
     samples = draw(st.integers(3, 40))
     interval = draw(st.sampled_from([1.0, 5.0, 15.0, 60.0]))
     running, waiting, kv = _gauges(draw, samples)
-    if engine in ("tgi", "llamacpp") and draw(st.booleans()):
-        kv = np.full(samples, np.nan)
-    span = interval * (samples - 1)
-    finished = draw(st.floats(0, 5000))
-    stats = WindowStats(
-        target="t",
-        model=draw(st.sampled_from([None, "unknown/model", *MODELS])),
-        engine=engine,
-        window_start=T0,
-        window_end=T0 + timedelta(seconds=span),
-        samples=samples,
-        up_samples=samples,
-        errors=[],
-        span_s=span,
-        running=running,
-        waiting=waiting,
-        kv_usage=kv,
-        kv_usage_source=None if np.isnan(kv).all() else "kv_cache_usage",
-        batch_limit=draw(st.one_of(st.none(), st.floats(1, 1024))),
-        batch_limit_source="targets file",
-        settings=settings_now if draw(st.booleans()) else {},
-        kv_capacity_tokens=draw(st.one_of(st.none(), st.floats(1000, 2_000_000))),
-    )
-    preemptions = draw(st.floats(0, 500))
-    stats.increases = {
-        "finished": finished,
-        "preemptions": preemptions,
-        "prompt_tokens": finished * draw(st.floats(10, 30000)),
-        "generation_tokens": finished * draw(st.floats(1, 4000)),
+    kv_exported = engine in ("vllm", "sglang") or draw(st.booleans())
+    capacity = draw(st.one_of(st.none(), st.floats(1000, 2_000_000)))
+    per_sample = {
+        "finished": draw(st.floats(0, 200)),
+        "preempted": draw(st.sampled_from([0.0, 0.0, 0.5, 3.0, 20.0])),
+        "prompt": draw(st.floats(10, 30000)),
+        "output": draw(st.floats(1, 4000)),
     }
-    stats.rates = {name: value / span for name, value in stats.increases.items()}
-    stats.intervals = samples - 1
-    stats.preemption_intervals_with_increase = (
-        draw(st.integers(0, samples - 1)) if preemptions else 0
-    )
-    for metric in ("ttft", "itl", "queue"):
-        p95 = draw(st.floats(0.001, 30))
-        stats.quantiles[f"{metric}_p95"] = p95
-        stats.quantiles[f"{metric}_p50"] = p95 / 2
-        stats.observations[metric] = draw(st.floats(0, 10000))
-    return stats, {"t": target}
+    itl_bucket, ttft_bucket, queue_bucket = (draw(st.integers(0, 6)) for _ in range(3))
+    rows: list[dict[str, Any]] = []
+    for i in range(samples):
+        done = per_sample["finished"] * i
+        row: dict[str, Any] = {
+            "requests_running": float(running[i]),
+            "requests_waiting": float(waiting[i]),
+            "kv_cache_usage": float(kv[i]) if kv_exported else None,
+            "kv_cache_capacity_tokens": capacity,
+            "preemptions_total": per_sample["preempted"] * i,
+            "requests_finished_total": done,
+            "prompt_tokens_total": done * per_sample["prompt"],
+            "generation_tokens_total": done * per_sample["output"],
+            "itl_seconds": itl_histogram(done * per_sample["output"], itl_bucket),
+            "ttft_seconds": _histogram(TTFT_BOUNDS, done, ttft_bucket),
+            "queue_seconds": _histogram(TTFT_BOUNDS, done, queue_bucket),
+        }
+        if settings_now and draw(st.booleans()):
+            row["settings"] = settings_now
+        rows.append(row)
+    model = draw(st.sampled_from([None, "unknown/model", *MODELS]))
+    data = frame(rows, target="t", engine=engine, model=model, step_s=interval)
+    targets = {"t": target}
+    return window_stats(data, targets, *window_bounds(data)), targets
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(situations())
 def test_advice_is_always_valid_consistent_and_hardware_aware(
-    case: tuple[WindowStats, dict[str, Target]],
+    case: tuple[list[WindowStats], dict[str, Target]],
 ) -> None:
-    stats, targets = case
+    stats_list, targets = case
+    (stats,) = stats_list
     target = targets["t"]
-    reports = detect([stats], targets).reports
-    advice = advise([stats], reports, targets)
+    reports = detect(stats_list, targets).reports
+    advice = advise(stats_list, reports, targets)
     assert advice.dropped == [], f"the final check refused what a rung proposed: {advice.dropped}"
     recommendations = advice.recommendations
     problems = {
