@@ -28,7 +28,7 @@ from perf_pipelines.dagster_defs.resources import (
 from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 from perf_pipelines.findings import BottleneckReport
 from perf_pipelines.formatting import markdown_table
-from perf_pipelines.recommendations.rules import recommend
+from perf_pipelines.recommendations.rules import Advice, advise
 from perf_pipelines.storage.reports import upsert_recommendations, write_reports
 from perf_pipelines.storage.retention import expire_stale_recommendations
 from perf_pipelines.storage.schema import bottleneck_reports as reports_table
@@ -153,10 +153,11 @@ def tuning_recommendations(
             )
         else:
             frame = None
-    recommendations = []
+    advice = Advice()
     if reports and frame is not None:
         stats = window_stats(frame, target_map, reports[0].window_start, reports[0].window_end)
-        recommendations = recommend(stats, reports, target_map)
+        advice = advise(stats, reports, target_map)
+    recommendations = advice.recommendations
     now = datetime.now(UTC)
     with engine.begin() as connection:
         report_ids = {
@@ -185,6 +186,8 @@ def tuning_recommendations(
             "refreshed": MetadataValue.int(result.refreshed),
             "superseded": MetadataValue.int(result.superseded),
             "expired": MetadataValue.int(expired),
+            # values the engine truth table refused at the last check (each logged with why)
+            "dropped": MetadataValue.int(len(advice.dropped)),
             "by_capability": MetadataValue.json(
                 dict(Counter(r.capability for r in recommendations))
             ),
