@@ -309,7 +309,23 @@ def _concurrency_now(situation: Situation, report: BottleneckReport) -> tuple[fl
     return f"{parameter}: current value unknown and nothing ran in the window"
 
 
-def cap_concurrency_to_kv(situation: Situation, report: BottleneckReport) -> Step | str:
+@dataclass(frozen=True)
+class _Lowering:
+    """What a rung that lowers the concurrency cap says: why, to what effect, at what cost."""
+
+    why: str  # the rationale's sentence before "lower FLAG from X to Y"
+    effect: str
+    cost: str
+    confidence: float
+
+
+def _lower_concurrency(
+    situation: Situation,
+    report: BottleneckReport,
+    size: Callable[[float], sizing.Sized],
+    words: Callable[[float, int], _Lowering],
+    no_change: str,
+) -> Step | str:
     now = _concurrency_now(situation, report)
     if isinstance(now, str):
         return now
@@ -317,24 +333,38 @@ def cap_concurrency_to_kv(situation: Situation, report: BottleneckReport) -> Ste
     parameter = CONCURRENCY[situation.engine]
     if value <= 1:
         return f"{parameter}: already 1"
-    step = sizing.concurrency_for_kv(situation, value)
+    step = size(value)
     new = int(step.value)
     if new >= value:
-        return f"{parameter}: the KV cache holds {new} sequences, not fewer than the cap {value:g}"
-    flag = _flag(situation, parameter)
+        return f"{parameter}: {no_change}"
+    said = words(value, new)
     return Step(
         parameter,
         new,
         "lower",
         "batch_size_tuning",
-        f"Admit no more sequences than the KV cache holds: lower {flag} from {_shown(value)} to "
-        f"{new}{note}.",
-        f"no preemption or recomputation; at most {new} requests run at once",
+        f"{said.why}: lower {_flag(situation, parameter)} from {_shown(value)} to {new}{note}.",
+        said.effect,
         step.computation,
         step.sized,
-        0.5,
-        cost=f"throughput capped at {new} concurrent requests: the queue grows under peaks",
+        said.confidence,
+        cost=said.cost,
         current=value,
+    )
+
+
+def cap_concurrency_to_kv(situation: Situation, report: BottleneckReport) -> Step | str:
+    return _lower_concurrency(
+        situation,
+        report,
+        lambda value: sizing.concurrency_for_kv(situation, value),
+        lambda value, new: _Lowering(
+            "Admit no more sequences than the KV cache holds",
+            f"no preemption or recomputation; at most {new} requests run at once",
+            f"throughput capped at {new} concurrent requests: the queue grows under peaks",
+            0.5,
+        ),
+        "the KV cache holds no fewer sequences than the cap",
     )
 
 
@@ -394,30 +424,18 @@ def lower_concurrency_for_itl(situation: Situation, report: BottleneckReport) ->
     p95 = report.evidence.get("itl_p95_ms")
     if not slo or not isinstance(p95, int | float) or p95 <= 0:
         return "ITL: no SLO or no p95 to size the step"
-    now = _concurrency_now(situation, report)
-    if isinstance(now, str):
-        return now
-    value, note = now
-    parameter = CONCURRENCY[situation.engine]
-    step = sizing.concurrency_for_itl(situation, value, slo, p95)
-    new = int(step.value)
-    if new >= value:
-        return f"{parameter}: already at the batch the ITL SLO allows"
-    flag = _flag(situation, parameter)
-    return Step(
-        parameter,
-        new,
-        "lower",
-        "batch_size_tuning",
-        f"Decode steps slow down as the batch grows; the ITL SLO takes priority over "
-        f"throughput: lower {flag} from {_shown(value)} to {new}{note}.",
-        f"inter-token latency p95 towards {slo:.0f} ms (now {p95:.0f} ms) at up to "
-        f"{1 - new / value:.0%} less concurrency",
-        step.computation,
-        step.sized,
-        0.55,
-        cost="fewer concurrent requests: throughput drops, the queue may grow",
-        current=value,
+    return _lower_concurrency(
+        situation,
+        report,
+        lambda value: sizing.concurrency_for_itl(situation, value, slo, p95),
+        lambda value, new: _Lowering(
+            "Decode steps slow down as the batch grows; the ITL SLO takes priority over throughput",
+            f"inter-token latency p95 towards {slo:.0f} ms (now {p95:.0f} ms) at up to "
+            f"{1 - new / value:.0%} less concurrency",
+            "fewer concurrent requests: throughput drops, the queue may grow",
+            0.55,
+        ),
+        "already at the batch the ITL SLO allows",
     )
 
 
