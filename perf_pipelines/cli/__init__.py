@@ -59,12 +59,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations (safe to run while the agent runs)."""
-    from perf_pipelines.storage.db import create_db_engine, current_revision, upgrade
-
-    settings = settings_or_exit()
-    engine = create_db_engine(settings.resolved_database_url)
-    upgrade(engine, revision)
-    click.echo(f"database at revision {current_revision(engine)}")
+    _migrate("upgrade", revision)
 
 
 @db.command("current")
@@ -81,12 +76,17 @@ def db_current() -> None:
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION ('base' drops every table)."""
-    from perf_pipelines.storage.db import create_db_engine, current_revision, downgrade
+    _migrate("downgrade", revision)
+
+
+def _migrate(direction: str, revision: str) -> None:
+    from perf_pipelines.storage import db as storage_db
 
     settings = settings_or_exit()
-    engine = create_db_engine(settings.resolved_database_url)
-    downgrade(engine, revision)
-    click.echo(f"database at revision {current_revision(engine)}")
+    engine = storage_db.create_db_engine(settings.resolved_database_url)
+    move = storage_db.upgrade if direction == "upgrade" else storage_db.downgrade
+    move(engine, revision)
+    click.echo(f"database at revision {storage_db.current_revision(engine)}")
 
 
 @main.command("validate-targets")
