@@ -107,6 +107,8 @@ def configure_logging(
     for existing in list(root.handlers):
         if getattr(existing, "_perf_pipelines", False):
             root.removeHandler(existing)
+    # A mark on our own handler, so that configuring twice replaces it; logging has no slot
+    # for it and the stubs say so.
     handler._perf_pipelines = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)

@@ -29,6 +29,7 @@ class ThreadedServer:
 def start_in_thread(config: uvicorn.Config, name: str = "server") -> ThreadedServer:
     """Start `config`'s server in a daemon thread and wait (≤ 10 s) until it listens."""
     server = uvicorn.Server(config)
+    # Read by uvicorn releases that install handlers from Config; not in the type stubs.
     server.config.install_signal_handlers = False  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()

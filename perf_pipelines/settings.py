@@ -204,6 +204,7 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment; a bad value raises `SettingsError` naming it."""
     try:
+        # Overrides are field values by name, checked by pydantic at run time (that is the point).
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []

@@ -95,7 +95,7 @@ def _slo_attainment(rows: pd.DataFrame, slo_ms: float | None) -> float | None:
 def _figures(stats: WindowStats, attainment: float | None) -> dict[str, float | None]:
     def ms(name: str) -> float | None:
         value = stats.quantiles.get(name)
-        return None if not finite(value) else round(float(value) * 1000, 1)  # type: ignore[arg-type]
+        return round(value * 1000, 1) if value is not None and finite(value) else None
 
     waiting = stats.waiting[~np.isnan(stats.waiting)] if len(stats.waiting) else stats.waiting
     kv = stats.kv_usage[~np.isnan(stats.kv_usage)] if len(stats.kv_usage) else stats.kv_usage

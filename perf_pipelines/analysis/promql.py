@@ -37,7 +37,7 @@ def counter_increase(values: Sequence[float | None] | np.ndarray) -> float | Non
 
 def interval_increases(values: Sequence[float | None] | np.ndarray) -> list[float]:
     """The increase of each consecutive pair (a reset counts its new value)."""
-    return increases(values).tolist()  # type: ignore[no-any-return]
+    return [float(value) for value in increases(values)]
 
 
 def histogram_delta(

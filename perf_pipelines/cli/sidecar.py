@@ -5,8 +5,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("perf_pipelines.sidecar")
 
@@ -20,13 +24,13 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve anywhere
 
 
-def _migrate_in_background(engine: object) -> threading.Thread:
+def _migrate_in_background(engine: Engine) -> threading.Thread:
     """Bring the schema to head without delaying start-up or failing it (liveness first)."""
     from perf_pipelines.storage.db import ensure_schema
 
     def run() -> None:
         try:
-            ensure_schema(engine)  # type: ignore[arg-type]
+            ensure_schema(engine)
         except Exception as exc:
             log.warning(
                 "schema not brought to head at start-up (%s: %s); the detailed health shows "
