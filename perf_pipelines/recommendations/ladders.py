@@ -462,7 +462,7 @@ def raise_prefill_budget(situation: Situation, report: BottleneckReport) -> Step
         int(step.value),
         "raise",
         "batch_size_tuning",
-        f"Queueing is not the cause: prompts are prefilled in chunks of {_shown(value)} tokens"
+        f"{_prefill_cause(report)}prompts are prefilled in chunks of {_shown(value)} tokens"
         f"{note}; raise {flag} to {int(step.value)} so the mean prompt needs one step.",
         "lower TTFT for long prompts; slightly higher ITL while prompts are prefilled",
         step.computation,
@@ -470,6 +470,14 @@ def raise_prefill_budget(situation: Situation, report: BottleneckReport) -> Step
         0.45,
         current=None if derived else value,
     )
+
+
+def _prefill_cause(report: BottleneckReport) -> str:
+    if report.evidence.get("cause") == "queueing":
+        # Not at the batch cap and the KV cache not full, yet requests wait: each step admits
+        # only as many prompt tokens as its budget.
+        return "Requests wait although the batch is not full: each step admits a budget of "
+    return "Queueing is not the cause: "
 
 
 def raise_sglang_conservativeness(situation: Situation, report: BottleneckReport) -> Step | str:

@@ -79,15 +79,10 @@ def _forbidden(situation: Situation, found: dict[str, BottleneckReport]) -> dict
 
 
 def _ttft_applies(found: dict[str, BottleneckReport]) -> bool:
-    """Prefill advice only where the queue is not the cause (capacity ladders handle that)."""
-    if any(kind in found for kind in ("queue_saturation", "kv_cache_pressure", "preemption")):
-        return False
-    ttft = found.get("ttft_slo_breach")
-    if ttft is None:
-        return False
-    queue_ms = ttft.evidence.get("queue_p95_ms")
-    ttft_ms = ttft.evidence.get("ttft_p95_ms") or 0.0
-    return queue_ms is None or queue_ms <= 0.5 * ttft_ms
+    """The TTFT ladder (prefill budget, then faster weights) applies unless a capacity ladder
+    (queue at the cap, KV pressure, preemption) already answers for the waiting."""
+    capacity = ("queue_saturation", "kv_cache_pressure", "preemption")
+    return "ttft_slo_breach" in found and not any(kind in found for kind in capacity)
 
 
 def _climb(
@@ -137,6 +132,7 @@ def _recommendation(
         "passed_over": passed_over,
         "engine_version": situation.target.version if situation.target else None,
         "gpu": situation.gpu_label,
+        "limits": situation.limits,
     }
     if fact is not None:
         evidence["flag_source"] = fact.source

@@ -73,6 +73,30 @@ class Situation:
         return truth.parse_version(self.engine, text)
 
     @cached_property
+    def limits(self) -> list[str]:
+        """What the advice could not rely on, said beside it (never a reason to stay silent)."""
+        said = []
+        text = self.target.version if self.target is not None else None
+        covered = truth.covered_versions(self.engine) if self.engine else "none"
+        if text is None:
+            said.append(
+                f"engine version not given: only values every covered release ({covered}) "
+                "accepts"
+            )
+        elif self.version is None:
+            said.append(f"engine version {text!r} not understood: treated as unknown")
+        else:
+            spec = truth.load_table().engines.get(self.engine)
+            if spec is not None and not spec.covers(self.version):
+                said.append(
+                    f"{self.engine} {text} is outside the truth table ({covered}): only values "
+                    "every covered release accepts"
+                )
+        if self.gpu is None:
+            said.append(f"{self.gpu_label}: no FP8 and no advice that needs GPU memory figures")
+        return said
+
+    @cached_property
     def gpu(self) -> Gpu | None:
         if self.target is None or self.target.hardware is None:
             return None

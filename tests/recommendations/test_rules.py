@@ -388,9 +388,13 @@ def test_ttft_breach_not_caused_by_queueing_raises_the_prefill_budget() -> None:
     assert rec.report_kind == "ttft_slo_breach" and "--max-num-batched-tokens" in rec.rationale
 
 
-def test_ttft_breach_caused_by_queueing_gets_no_prefill_advice() -> None:
+def test_ttft_breach_caused_by_queueing_below_the_cap_raises_the_prefill_budget() -> None:
+    # The queue is most of TTFT (p95 ≈ 2 s of ≈ 2.4 s) but the batch is not full and the KV cache
+    # has room: each step admits a budget of prompt tokens, so the budget is what holds them.
     target = _target(config={"max_num_batched_tokens": 2048}, slo={"ttft_p95_ms": 800})
-    assert _recommend(_ttft_breach(queue_bucket=5), target) == []  # queue p95 ≈ 2 s of ≈ 2.4 s
+    (rec,) = _recommend(_ttft_breach(queue_bucket=5), target)
+    assert (rec.parameter, rec.direction) == ("max_num_batched_tokens", "raise")
+    assert "Requests wait although the batch is not full" in rec.rationale
 
 
 def test_ttft_breach_without_a_queue_histogram_does_not_invent_a_queue_time() -> None:
@@ -570,3 +574,30 @@ def test_an_unconfigured_cap_is_read_from_the_running_plateau_not_the_default() 
     assert (
         rec.confidence < _recommend(_queue(16), _target(config={"max_num_seqs": 16}))[0].confidence
     )
+
+
+def test_advice_says_what_it_could_not_rely_on() -> None:
+    """An unknown version, a version past the truth table and an unknown GPU are said beside the
+    advice; none of them silences it."""
+    config = {"gpu_memory_utilization": 0.95, "max_num_seqs": 64}
+    cases = {
+        None: "engine version not given",
+        "99.1.0": "outside the truth table",
+        "banana": "not understood",
+    }
+    for version, said in cases.items():
+        target = Target.model_validate(
+            {
+                "name": "vllm-a",
+                "url": "http://127.0.0.1:8000/vllm-a/metrics",
+                "engine": "vllm",
+                "version": version,
+                "hardware": {"gpu": "Quantum GPU 9000"},
+                "config": config,
+            }
+        )
+        (rec,) = _recommend(_kv_pressure(), target)
+        limits = rec.evidence["limits"]
+        assert any(said in line for line in limits), limits
+        assert any("unknown GPU 'Quantum GPU 9000'" in line for line in limits), limits
+        assert (rec.parameter, rec.direction) == ("max_num_seqs", "lower")
