@@ -1,9 +1,16 @@
-"""The closed loop, run the way it runs in production but on a virtual clock: scrape the
-simulated servers over HTTP with the real collector, detect, recommend, apply the advice through
-the simulator's control API (a restart with new flags), let the server settle, and repeat.
+"""The closed loop, run the way it runs in production but on a virtual clock: scrape a simulated
+server over HTTP with the real collector, detect, recommend, apply the advice through the
+simulator's control API (a restart with new flags), let the server settle, and repeat.
 
-Rows carry the simulated time of their scrape, so rates and quantiles come out as they would
-over a real window of the same length.
+Each server runs on its own fleet and clock (servers are evaluated in parallel processes); its
+targets-file entry names the GPU as the generator chose to name it, which for the unknown GPU is
+not the profile the simulator runs. Rows carry the simulated time of their scrape, so rates and
+quantiles come out as they would over a real window of the same length.
+
+Before anything is applied, each recommendation is checked as the engine would check it: a value
+the engine does not accept, or one this hardware cannot run, is *invalid*: the step is recorded
+with a goodput of 0 (the engine would not start) and the loop for that server ends. A setting the
+simulator does not model is recorded as such and not applied.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ from typing import Any
 
 import httpx
 import pandas as pd
-from perf_lab.evaluation.harness import EvaluationConfig, advance
+
+from perf_lab.evaluation.harness import EvaluationConfig, advance, refusal
 from perf_lab.simulator.fleet import Fleet, ServerSpec
+from perf_lab.simulator.generator import GeneratedServer, WindowPlan
 from perf_lab.simulator.http import run_fleet_in_thread
 from perf_lab.simulator.scenarios import targets_for
-
+from perf_lab.simulator.settings import SCHEMAS
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.outcomes import evaluate_outcome
 from perf_pipelines.analysis.window import window_stats
@@ -33,21 +42,34 @@ from perf_pipelines.targets import Target, parse_targets
 
 # llama.cpp sets the K and V cache types with two flags; the advice names them together.
 _PAIRED_SETTINGS = {"cache_type_k": ("cache_type_k", "cache_type_v")}
+LOOP_START = WindowPlan().start
 
 
 @dataclass
 class Iteration:
-    """One pass of the loop for one server: what was seen in the window and what was applied."""
+    """One pass of the loop: what was seen in the window and what was applied."""
 
     settings: dict[str, Any]
     detected: list[str]
+    severities: dict[str, str]
     recommendations: list[Recommendation]
     observed_goodput_rps: float  # measured in the loop's own window (one random draw)
     applied: dict[str, Any] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # setting -> why the server refused
+    invalid: dict[str, str] = field(default_factory=dict)  # parameter -> why the engine would
+    unmodelled: list[str] = field(default_factory=list)  # parameters the simulator has no model of
     # The agent's own verdict (outcome tracking) on the step applied in the iteration before,
     # judged from this window against the one before the change.
     outcome_of_previous_step: str | None = None
+
+    @property
+    def attempted(self) -> dict[str, Any]:
+        """The settings the advice asked for (applied or not)."""
+        changes: dict[str, Any] = {}
+        for rec in self.recommendations:
+            for name in _PAIRED_SETTINGS.get(rec.parameter, (rec.parameter,)):
+                changes[name] = _plain(rec.recommended_value)
+        return changes
 
 
 @dataclass
@@ -86,91 +108,128 @@ def scrape_window(
     return rows
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values (they go out as JSON)."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def check_advice(
+    spec: ServerSpec, current: dict[str, Any], recommendations: list[Recommendation]
+) -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """The changes to apply, the invalid ones (parameter -> reason), the unmodelled ones."""
+    schema = SCHEMAS[spec.engine]
+    changes: dict[str, Any] = {}
+    invalid: dict[str, str] = {}
+    unmodelled: list[str] = []
+    for rec in recommendations:
+        names = _PAIRED_SETTINGS.get(rec.parameter, (rec.parameter,))
+        if any(name not in schema for name in names):
+            unmodelled.append(rec.parameter)
+            continue
+        value = _plain(rec.recommended_value)
+        problem = refusal(spec, current | dict.fromkeys(names, value))
+        if problem is not None:
+            invalid[rec.parameter] = f"{value!r}: {problem}"
+        changes.update(dict.fromkeys(names, value))
+    return changes, invalid, unmodelled
+
+
 def _apply(
-    client: httpx.Client, spec: ServerSpec, recommendations: list[Recommendation]
+    client: httpx.Client, name: str, changes: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Apply all advice for one server in one restart, as an operator would roll it out."""
-    changes: dict[str, Any] = {}
-    for rec in recommendations:
-        for name in _PAIRED_SETTINGS.get(rec.parameter, (rec.parameter,)):
-            changes[name] = rec.recommended_value
-    if not changes:
-        return {}, {}
-    response = client.put(f"/control/servers/{spec.name}/settings", json=changes)
+    response = client.put(f"/control/servers/{name}/settings", json=changes)
     if response.status_code == 200:
         return changes, {}
     reason = response.json().get("error", response.text)
     return {}, dict.fromkeys(changes, reason)
 
 
-def run_closed_loop(specs: list[ServerSpec], config: EvaluationConfig) -> list[LoopResult]:
-    """Run the loop for every server of a scenario at once (they share one fleet and clock)."""
-    fleet = Fleet(
-        [dataclasses.replace(s, settings=dict(s.settings)) for s in specs],
-        virtual=True,
-        tick=config.tick_s,
-        seed=config.seed,
-        start=datetime(2026, 1, 1, tzinfo=UTC).timestamp(),
-    )
-    samples = int(config.window_s // config.scrape_interval_s) + 1
-    results = {spec.name: LoopResult(spec, []) for spec in specs}
-    with run_fleet_in_thread(fleet) as base_url, httpx.Client(base_url=base_url) as client:
-        targets = parse_targets(targets_for(specs, base_url))
-        settled = set[str]()  # servers the agent had nothing more to say about
-        changed_at: dict[str, tuple[pd.DataFrame, datetime]] = {}  # window before, when applied
-        window, settle = timedelta(seconds=config.window_s), timedelta(seconds=config.warmup_s)
-        for iteration in range(config.max_iterations + 1):
-            advance(fleet, config.warmup_s)
-            before = {name: _state(client, name) for name in results}
-            rows = scrape_window(
-                fleet, targets, samples, config.scrape_interval_s, f"it{iteration}"
+class _Loop:
+    """One server's loop: its fleet, HTTP client and targets-file entry."""
+
+    def __init__(self, server: GeneratedServer, config: EvaluationConfig) -> None:
+        self.server, self.config = server, config
+        self.spec = dataclasses.replace(server.spec, settings=dict(server.spec.settings))
+        self.fleet = Fleet(
+            [self.spec], virtual=True, tick=config.tick_s, seed=config.seed, start=LOOP_START
+        )
+        self.samples = int(config.window_s // config.scrape_interval_s) + 1
+        self.changed_at: tuple[pd.DataFrame, datetime] | None = None
+        self.last_frame = pd.DataFrame()
+
+    def window(self, client: httpx.Client, targets: list[Target], index: int) -> Iteration:
+        name = self.spec.name
+        advance(self.fleet, self.config.warmup_s)
+        before = _state(client, name)
+        rows = scrape_window(
+            self.fleet, targets, self.samples, self.config.scrape_interval_s, f"it{index}"
+        )
+        after = _state(client, name)
+        frame = snapshot_frame(rows)
+        target_map = {t.name: t for t in targets}
+        stats = window_stats(
+            frame, target_map, frame["collected_at"].min(), frame["collected_at"].max()
+        )
+        detection = detect(stats, target_map)
+        reports = [r for r in detection.reports if r.target == name]
+        step = Iteration(
+            settings=dict(self.fleet.server(name).settings),
+            detected=sorted({r.kind for r in reports}),
+            severities={r.kind: r.severity for r in reports},
+            recommendations=[
+                r for r in recommend(stats, detection.reports, target_map) if r.target == name
+            ],
+            observed_goodput_rps=_goodput(before, after),
+        )
+        if self.changed_at is not None:
+            earlier, applied_at = self.changed_at
+            window, settle = (
+                timedelta(seconds=self.config.window_s),
+                timedelta(seconds=self.config.warmup_s),
             )
-            after = {name: _state(client, name) for name in results}
-            frame = snapshot_frame(rows)
-            target_map = {t.name: t for t in targets}
-            stats = window_stats(
-                frame, target_map, frame["collected_at"].min(), frame["collected_at"].max()
-            )
-            detection = detect(stats, target_map)
-            advice = recommend(stats, detection.reports, target_map)
-            last = iteration == config.max_iterations
-            applied: dict[str, dict[str, Any]] = {}
-            for name, result in results.items():
-                if name in settled:
-                    continue
-                mine = [r for r in advice if r.target == name]
-                step = Iteration(
-                    settings=dict(fleet.server(name).settings),
-                    detected=sorted({r.kind for r in detection.reports if r.target == name}),
-                    recommendations=mine,
-                    observed_goodput_rps=_goodput(before[name], after[name]),
-                )
+            step.outcome_of_previous_step = evaluate_outcome(
+                pd.concat([earlier, frame]),
+                target_map[name],
+                name,
+                None,
+                applied_at,
+                window,
+                settle,
+            ).outcome
+        self.changed_at = None
+        self.last_frame = frame
+        return step
+
+    def run(self) -> LoopResult:
+        result = LoopResult(self.server.spec, [])
+        with run_fleet_in_thread(self.fleet) as base_url, httpx.Client(base_url=base_url) as client:
+            names = {self.spec.name: self.server.advertised_gpu}
+            targets = parse_targets(targets_for([self.spec], base_url, names))
+            for index in range(self.config.max_iterations + 1):
+                step = self.window(client, targets, index)
                 result.iterations.append(step)
-                if name in changed_at:
-                    earlier, applied_at = changed_at.pop(name)
-                    step.outcome_of_previous_step = evaluate_outcome(
-                        pd.concat([earlier, frame]),
-                        target_map[name],
-                        name,
-                        None,
-                        applied_at,
-                        window,
-                        settle,
-                    ).outcome
-                if not mine:
-                    settled.add(name)
-                elif not last:
-                    step.applied, step.rejected = _apply(client, result.spec, mine)
-                    applied[name] = step.applied
-                    if step.applied:
-                        changed_at[name] = (frame, datetime.fromtimestamp(fleet.now(), UTC))
-            if settled == set(results):
-                break
-            # The operator who applied a change records it in the targets file's known settings.
-            targets = [
-                t.model_copy(update={"config": t.config | applied.get(t.name, {})}) for t in targets
-            ]
-    return list(results.values())
+                if not step.recommendations or index == self.config.max_iterations:
+                    break
+                changes, step.invalid, step.unmodelled = check_advice(
+                    self.spec, step.settings, step.recommendations
+                )
+                if step.invalid or not changes:
+                    break  # the engine would not start / nothing the simulator can apply
+                step.applied, step.rejected = _apply(client, self.spec.name, changes)
+                if not step.applied:
+                    break
+                self.changed_at = (self.last_frame, datetime.fromtimestamp(self.fleet.now(), UTC))
+                # The operator who applied a change records it in the targets file's settings.
+                targets = [
+                    t.model_copy(update={"config": t.config | step.applied}) for t in targets
+                ]
+        return result
+
+
+def run_closed_loop(server: GeneratedServer, config: EvaluationConfig) -> LoopResult:
+    return _Loop(server, config).run()
 
 
 def _state(client: httpx.Client, name: str) -> dict[str, Any]:
@@ -183,4 +242,4 @@ def _goodput(before: dict[str, Any], after: dict[str, Any]) -> float:
     elapsed = (after.get("clock") or 0) - (before.get("clock") or 0)
     if elapsed <= 0:
         return 0.0
-    return (after["finished_within_slo"] - before["finished_within_slo"]) / elapsed
+    return float(after["finished_within_slo"] - before["finished_within_slo"]) / elapsed

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from perf_lab.simulator.fleet import ServerSpec
 from perf_lab.simulator.model import Workload
+from perf_pipelines.targets import Target
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
@@ -183,7 +185,7 @@ def mixed() -> list[ServerSpec]:
 
 def scale(servers: int = 1000) -> list[ServerSpec]:
     """A large fleet of modestly loaded servers of every engine, for benchmarks."""
-    templates = [
+    templates: list[tuple[str, str, str, dict[str, Any]]] = [
         ("vllm", LLAMA_8B, "H100-SXM-80GB", {"max_num_seqs": 256}),
         ("sglang", QWEN_7B, "A100-80GB", {"max_running_requests": 128}),
         ("tgi", LLAMA_8B, "A10G", {"max_concurrent_requests": 128}),
@@ -234,8 +236,16 @@ def load_fleet_file(path: Path) -> list[ServerSpec]:
     return specs
 
 
-def targets_for(specs: list[ServerSpec], base_url: str) -> dict[str, Any]:
-    """A targets file (DESIGN.md format) pointing at the simulated servers."""
+def targets_for(
+    specs: list[ServerSpec], base_url: str, gpu_names: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A targets file (DESIGN.md format) pointing at the simulated servers. `gpu_names` gives the
+    GPU name a server's entry claims where it differs from the profile simulated (a GPU the
+    agent's table does not know). The engine version goes in when the targets file has a field
+    for it."""
+    version_field = next(
+        (f for f in ("version", "engine_version") if f in Target.model_fields), None
+    )
     targets = []
     for spec in specs:
         config = {key: value for key, value in spec.settings.items() if value is not None}
@@ -244,10 +254,15 @@ def targets_for(specs: list[ServerSpec], base_url: str) -> dict[str, Any]:
             "url": f"{base_url}/{spec.name}/metrics",
             "engine": spec.engine,
             "model": spec.model,
-            "hardware": {"gpu": spec.gpu, "count": spec.gpu_count},
+            "hardware": {
+                "gpu": (gpu_names or {}).get(spec.name, spec.gpu),
+                "count": spec.gpu_count,
+            },
             "config": config,
         }
         if spec.slo:
             entry["slo"] = dict(spec.slo)
+        if version_field is not None and spec.version:
+            entry[version_field] = spec.version
         targets.append(entry)
     return {"targets": targets}

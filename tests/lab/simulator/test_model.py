@@ -3,12 +3,17 @@
 import math
 
 import pytest
+
 from perf_lab.simulator.exposition import VLLM_BUCKETS
 from perf_lab.simulator.fleet import Fleet, ServerSpec
 from perf_lab.simulator.model import ServerModel, StartupError, Workload
 from perf_lab.simulator.scenarios import LLAMA_8B, LLAMA_70B, kv_pressure, queue_saturation
-from perf_lab.simulator.settings import SettingsError, to_knobs, validate_settings
-
+from perf_lab.simulator.settings import (
+    SettingsError,
+    hardware_error,
+    to_knobs,
+    validate_settings,
+)
 from perf_pipelines.hardware import GIB, gpu_by_name, model_by_name
 
 
@@ -40,12 +45,13 @@ def test_weights_that_do_not_fit_fail_to_start() -> None:
 
 
 def test_fp8_compute_needs_ada_or_hopper() -> None:
-    def prefill_time(gpu: str, quantization: str) -> float:
+    def prefill_time(gpu: str, quantization: str | None) -> float:
         return _model("vllm", LLAMA_8B, gpu, 1, quantization=quantization).step_time(0, 8192, 0)
 
-    assert prefill_time("H100-SXM-80GB", "fp8") < 0.6 * prefill_time("H100-SXM-80GB", "fp16")
+    # Unset --quantization: the checkpoint's own (here unquantized FP16) weights.
+    assert prefill_time("H100-SXM-80GB", "fp8") < 0.6 * prefill_time("H100-SXM-80GB", None)
     # On Ampere FP8 weights are dequantised to FP16: no faster prefill, a little slower
-    assert prefill_time("A100-80GB", "fp8") >= prefill_time("A100-80GB", "fp16")
+    assert prefill_time("A100-80GB", "fp8") >= prefill_time("A100-80GB", None)
 
 
 def test_decode_is_bandwidth_bound_and_grows_with_kv() -> None:
@@ -98,3 +104,91 @@ def test_settings_are_validated_with_their_names() -> None:
         validate_settings("vllm", {"max_num_seqs": 2.5})
     with pytest.raises(SettingsError, match="kv_cache_dtype must be one of"):
         validate_settings("sglang", {"kv_cache_dtype": "int3"})
+
+
+# -- what the engines accept (settings.SCHEMAS, from the engines' source) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("engine", "setting", "value"),
+    [
+        ("vllm", "quantization", "w8a8-int8"),  # INT8 W8A8 is a compressed-tensors checkpoint
+        ("vllm", "quantization", "w8a8_int8"),
+        ("vllm", "quantization", "fp16"),  # a dtype, not a quantization method (--dtype)
+        ("sglang", "quantization", "fp16"),
+        ("tgi", "quantize", "fp16"),
+        ("tgi", "kv_cache_dtype", "auto"),  # TGI has no "auto": leave the flag unset
+        ("tgi", "kv_cache_dtype", "fp8"),
+        ("llamacpp", "cache_type_k", "fp8"),
+    ],
+)
+def test_values_the_real_engine_rejects_are_rejected(engine: str, setting: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"{setting} must be one of"):
+        validate_settings(engine, {setting: value})
+
+
+@pytest.mark.parametrize(
+    ("engine", "setting", "value"),
+    [
+        ("vllm", "quantization", "compressed-tensors"),
+        ("vllm", "quantization", None),
+        ("vllm", "kv_cache_dtype", "fp8_e4m3"),
+        ("sglang", "quantization", "w8a8_int8"),
+        ("sglang", "quantization", "w8a8_fp8"),
+        ("sglang", "kv_cache_dtype", "fp8_e5m2"),
+        ("tgi", "quantize", "eetq"),
+        ("tgi", "quantize", "bitsandbytes-nf4"),
+        ("tgi", "kv_cache_dtype", "fp8_e4m3fn"),
+        ("llamacpp", "cache_type_v", "q5_1"),
+        ("llamacpp", "cache_type_k", "iq4_nl"),
+    ],
+)
+def test_values_the_real_engine_accepts_are_accepted(
+    engine: str, setting: str, value: str | None
+) -> None:
+    assert validate_settings(engine, {setting: value})[setting] == value
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings", "gpu", "problem"),
+    [
+        ("vllm", {"quantization": "fp8"}, "T4", "compute capability 8.0"),
+        ("tgi", {"quantize": "fp8"}, "T4", "compute capability 8.0"),
+        ("sglang", {"quantization": "w8a8_fp8"}, "A100-80GB", "FP8 tensor cores"),
+        ("vllm", {"quantization": "awq_marlin"}, "T4", "Marlin"),
+        ("vllm", {"kv_cache_dtype": "fp8"}, "T4", "FP8 KV cache"),
+        ("vllm", {"tensor_parallel_size": 2}, "H100-SXM-80GB", "needs 2 GPUs"),
+    ],
+)
+def test_settings_the_hardware_cannot_run_are_refused(
+    engine: str, settings: dict[str, object], gpu: str, problem: str
+) -> None:
+    merged = validate_settings(engine, settings)
+    error = hardware_error(engine, merged, gpu_by_name(gpu), 1)
+    assert error is not None and problem in error
+
+
+@pytest.mark.parametrize(
+    ("engine", "settings", "gpu"),
+    [
+        ("vllm", {"quantization": "fp8"}, "A100-80GB"),  # FP8 Marlin, weight-only
+        ("vllm", {"quantization": "compressed-tensors"}, "T4"),  # INT8 W8A8 from 7.5
+        ("sglang", {"quantization": "w8a8_int8"}, "A10"),
+        ("tgi", {"quantize": "eetq"}, "T4"),
+        ("vllm", {"quantization": "fp8", "kv_cache_dtype": "fp8"}, "H100-SXM-80GB"),
+    ],
+)
+def test_settings_the_hardware_runs_pass(
+    engine: str, settings: dict[str, object], gpu: str
+) -> None:
+    assert hardware_error(engine, validate_settings(engine, settings), gpu_by_name(gpu), 1) is None
+
+
+def test_engine_values_map_to_what_the_model_computes_with() -> None:
+    int8 = to_knobs("vllm", validate_settings("vllm", {"quantization": "compressed-tensors"}), 1)
+    assert int8.weight_format == "w8a8_int8"
+    assert to_knobs("vllm", validate_settings("vllm", {}), 1).weight_format == "fp16"
+    tgi = to_knobs("tgi", validate_settings("tgi", {}), 1)
+    assert (tgi.weight_format, tgi.kv_dtype) == ("fp16", "auto")
+    budget = to_knobs("sglang", validate_settings("sglang", {"max_total_tokens": 50_000}), 1)
+    assert budget.kv_capacity_tokens_override == 50_000
