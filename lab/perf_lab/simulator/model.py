@@ -8,12 +8,17 @@ many engine steps, with per-request bookkeeping in numpy arrays:
    per-step token budget (TGI reserves each request's whole length; SGLang keeps a reserve for
    growth scaled by its schedule conservativeness);
 3. a roofline gives the engine-step time: prefill is compute-bound, decode reads the weights
-   and every running request's KV once per step; chunked prefill mixes both in one step,
-   without it prefill runs as separate steps that stall decoding;
-4. running requests decode as many tokens as steps fit in the tick;
+   and every running request's KV once per step. Each admitted prompt gets the time its prefill
+   ends (first come, first served, possibly in a later tick) and owes the time it adds to the
+   engine's steps: with chunked prefill what its mixed steps take beyond a decode step, without
+   it the separate steps that stall decoding. The owed time is paid from later decode steps;
+4. running requests step together: each emits a token at every step boundary after its prefill;
+   the fraction of a step under way at the tick's end is carried to the next tick, so results
+   hardly depend on the tick and a step longer than the tick still completes;
 5. if KV use outgrows the pool, the newest requests are preempted and recomputed later (vLLM
    preemption, SGLang retraction);
-6. finished requests leave; latencies are observed into histograms.
+6. finished requests leave at their last token; the requests admitted into the room they made
+   start their prefill then, not at the tick's end; latencies are observed into histograms.
 
 The figures are coarse on purpose (no attention FLOPs, fixed efficiencies); docs/simulator.md
 compares them with published numbers.
@@ -130,7 +135,18 @@ class Counters:
     busy_seconds: float = 0.0
 
 
-_FIELDS = ("arrival", "prompt", "output", "hits", "ctx", "done", "admitted", "first_token", "ready")
+_FIELDS = (
+    "arrival",
+    "prompt",
+    "output",
+    "hits",
+    "ctx",
+    "done",
+    "admitted",
+    "first_token",
+    "ready",
+    "joined",
+)
 
 
 @dataclass
@@ -146,6 +162,7 @@ class _Requests:
     admitted: np.ndarray = field(default_factory=lambda: np.zeros(0))
     first_token: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN until emitted
     ready: np.ndarray = field(default_factory=lambda: np.zeros(0))  # prefill done: decode from here
+    joined: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (re)entered the batch
 
     def __len__(self) -> int:
         return len(self.arrival)
@@ -194,6 +211,12 @@ class ServerModel:
         self.decode_step = Histogram(buckets.step)
         self.prefill_step = Histogram(buckets.step)
         self.last_step_s = self.step_time(1, 0, 0)
+        # Carried from tick to tick: the fraction of the running batch's current step already
+        # done, the prefill time owed to engine steps and the time the queued prefill ends.
+        self.step_phase = 0.0
+        self.prefill_owed = 0.0
+        self.prefill_free_at = start_time
+        self.prefill_idle = 0.0  # decode-step seconds at the last tick's end that served nobody
 
     # -- capacity and roofline ------------------------------------------------------------------
 
@@ -232,13 +255,20 @@ class ServerModel:
 
     def step_time(self, decode_batch: float, prefill_tokens: float, kv_tokens: float) -> float:
         """Seconds of one engine step: the slower of compute and memory traffic."""
+        return float(self.step_times(decode_batch, np.asarray(prefill_tokens), kv_tokens))
+
+    def step_times(
+        self, decode_batch: float, prefill_tokens: np.ndarray, kv_tokens: float
+    ) -> np.ndarray:
+        """`step_time` for each of several prefill sizes."""
         active_bytes = self.model.active_params_b * 1e9 * self.weight_format.bytes_per_param
         flops = 2 * self.model.active_params_b * 1e9 * (decode_batch + prefill_tokens)
         compute = flops / (self.gpus * self._peak_flops() * COMPUTE_EFFICIENCY)
         traffic = active_bytes + kv_tokens * self.kv_bytes_per_token
         memory = traffic / (self.gpus * self.gpu.hbm_tb_s * 1e12 * BANDWIDTH_EFFICIENCY)
         penalty = TENSOR_PARALLEL_PENALTY if self.gpus > 1 else 1.0
-        return max(compute, memory) * penalty + STEP_OVERHEAD_S
+        result: np.ndarray = np.maximum(compute, memory) * penalty + STEP_OVERHEAD_S
+        return result
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -291,7 +321,16 @@ class ServerModel:
         )
         zeros, nan = np.zeros(count), np.full(count, np.nan)
         return _Requests(
-            arrival, prompt, output, hits, zeros, zeros.copy(), nan, nan.copy(), nan.copy()
+            arrival,
+            prompt,
+            output,
+            hits,
+            zeros,
+            zeros.copy(),
+            nan,
+            nan.copy(),
+            nan.copy(),
+            nan.copy(),
         )
 
     def _reject_overload(self, new: _Requests) -> _Requests:
@@ -302,8 +341,11 @@ class ServerModel:
         self.counters.rejected += max(0, len(new) - room)
         return new.take(np.arange(len(new)) < room)
 
-    def _admit(self, dt: float, at: float) -> None:
-        """Move waiting requests into the running batch (their prefill runs in the next steps)."""
+    def _admit(self, dt: float, at: float, freed: np.ndarray | None = None) -> None:
+        """Move waiting requests into the running batch (their prefill runs in the next steps).
+
+        They join at `at`, or, one each, at the times in `freed` (sorted) when requests finished
+        during the tick and left room."""
         waiting = self.waiting
         slots = self.knobs.max_running - len(self.running)
         if len(waiting) == 0 or slots <= 0:
@@ -328,8 +370,12 @@ class ServerModel:
         taken = waiting.take(np.arange(len(waiting)) < count)
         self.waiting = waiting.take(np.arange(len(waiting)) >= count)
         fresh = np.isnan(taken.first_token)
+        slot_free = np.full(count, at)
+        if freed is not None:
+            slot_free[: len(freed)] = freed[:count]
+        taken.joined = np.maximum(taken.arrival, slot_free)
         # A preempted request keeps the time it was first scheduled (vLLM's queue time ends there).
-        taken.admitted = np.where(fresh, np.maximum(taken.arrival, at), taken.admitted)
+        taken.admitted = np.where(fresh, taken.joined, taken.admitted)
         taken.ctx = taken.prompt.copy()
         taken.ready = np.full(count, np.nan)
         self.counters.prompt_tokens += float(np.sum(taken.prompt[fresh]))
@@ -338,75 +384,159 @@ class ServerModel:
         self.running.extend(taken)
 
     def _tick(self, dt: float) -> None:
-        c = self.counters
         end = self.now + dt
         self.waiting.extend(self._reject_overload(self._arrivals(dt)))
         self._abort_timed_out()
         self._admit(dt, self.now)
-        pending = np.isnan(self.running.ready)  # admitted, prefill not done yet
-        fresh = pending & np.isnan(self.running.first_token)  # not a preempted request returning
-        prefill = (self.running.prompt - self.running.hits)[pending]
+        counted_from = self._schedule_prefill()
+        step, steps, decode_step = self._engine_steps(dt)
+        self.last_step_s = step
+        freed = self._decode(end, steps, decode_step, counted_from)
+        if len(self.running) == 0:
+            self.step_phase = 0.0  # idle: the next batch starts its steps afresh
+        self._preempt_if_full()
+        # Freed slots are refilled at once, as a continuous-batching scheduler does: the
+        # newcomers' prefill and tokens count from the moment room was made, not the tick's end.
+        before = len(self.running)
+        self._admit(dt, end, freed)
+        if len(self.running) == before:
+            self.prefill_idle = 0.0
 
+    def _schedule_prefill(self) -> np.ndarray:
+        """Give each newly admitted request the time its prefill ends, first come first served
+        behind the prefill already queued (which may end in a later tick), and owe the time its
+        prefill adds to the engine steps that carry it. Returns, for those requests (NaN for the
+        others), the time from which their step boundaries count."""
+        pending = np.flatnonzero(np.isnan(self.running.ready))
+        counted_from = np.full(len(self.running), np.nan)
+        if len(pending) == 0:
+            return counted_from
+        running, budget = self.running, self.knobs.max_batched_tokens
+        tokens = (running.prompt - running.hits)[pending]
+        chunks = tokens / budget
+        batch, kv_tokens = len(running), float(np.sum(running.ctx))
+        if self.knobs.chunked_prefill:
+            # Alone, a prompt takes the steps its own chunks make (at least one); packed behind
+            # others, its share of full-budget steps. Either way decoding goes on in those steps:
+            # what is owed is the time they take beyond a plain decode step.
+            decode_step = self.step_time(batch, 0, kv_tokens)
+            queued = chunks * self.step_time(batch, budget, kv_tokens)
+            alone = np.maximum(chunks, 1) * self.step_times(
+                batch, np.minimum(tokens, budget), kv_tokens
+            )
+            extra_queued = queued - chunks * decode_step
+            extra_alone = alone - np.maximum(chunks, 1) * decode_step
+        else:
+            # Whole prompts in dedicated steps of up to the budget: running requests wait.
+            chunk_time = self.step_time(0, budget, kv_tokens)
+            queued = alone = extra_queued = extra_alone = np.ceil(chunks) * chunk_time
+            self.counters.prefill_steps += float(np.sum(np.ceil(chunks)))
+            self.prefill_step.observe_one(chunk_time, float(np.sum(np.ceil(chunks))))
+        # Lindley's recursion, ready_j = max(start_j + alone_j, ready_{j-1} + queued_j), in
+        # closed form: cumulative service plus the latest of the queue's carried end and each
+        # request's own start less the service before it.
+        service = np.cumsum(queued)
+        starts = running.joined[pending] + alone - service
+        latest = np.maximum(self.prefill_free_at, np.maximum.accumulate(starts))
+        ready = service + latest
+        self.prefill_free_at = float(ready[-1])
+        extra = np.where(starts >= latest, extra_alone, extra_queued)
+        self.prefill_owed += float(np.sum(extra))
+        running.ready[pending] = ready
+        # The owed time is paid from this tick on, not while the prefill ran (possibly in the
+        # last tick): counted from `ready - extra`, the request waits the steps a prefill takes
+        # at the rate of plain decode steps, whatever the tick.
+        counted_from[pending] = ready - extra
+        fresh = pending[np.isnan(running.first_token[pending])]  # not a preempted request
+        running.first_token[fresh] = running.ready[fresh]
+        self.ttft.observe(running.first_token[fresh] - running.arrival[fresh])
+        return counted_from
+
+    def _engine_steps(self, dt: float) -> tuple[float, float, float]:
+        """The tick's mean engine step, how many (a fraction of one included) run in it and
+        the plain decode step.
+
+        The prefill time owed by `_schedule_prefill` is paid here and what does not fit is
+        carried to the next tick. With chunked prefill decoding goes on at no less than one
+        token per full-budget step; without, dedicated prefill steps can stall it for a tick."""
+        c = self.counters
         batch = len(self.running)
         kv_tokens = float(np.sum(self.running.ctx))
-        total_prefill = float(np.sum(prefill))
         decode_step = self.step_time(batch, 0, kv_tokens)
-        if self.knobs.chunked_prefill or total_prefill == 0:
-            # Prefill chunks ride along in decode steps, spread over the tick.
-            per_step = min(self.knobs.max_batched_tokens, total_prefill / (dt / decode_step))
-            step = self.step_time(batch, per_step, kv_tokens)
-            steps = dt / step
-            prefill_done_at = self.now + np.cumsum(prefill) / max(per_step, 1e-9) * step
-            token_interval = step
+        if self.knobs.chunked_prefill:
+            extra = self.step_time(batch, self.knobs.max_batched_tokens, kv_tokens) - decode_step
+            payable = dt * extra / (decode_step + extra)
         else:
-            # Whole prompts in dedicated steps: running requests wait for them.
-            chunks = np.ceil(prefill / self.knobs.max_batched_tokens)
-            chunk_time = self.step_time(0, self.knobs.max_batched_tokens, kv_tokens)
-            prefill_done_at = self.now + np.cumsum(chunks) * chunk_time
-            prefill_time = float(np.sum(chunks)) * chunk_time
-            c.prefill_steps += float(np.sum(chunks))
-            self.prefill_step.observe_one(chunk_time, float(np.sum(chunks)))
-            step = decode_step
-            steps = max(0.0, dt - prefill_time) / step
-            token_interval = dt / max(steps, 1e-9)
-        self.last_step_s = step
+            payable = dt
+        # Steps that ran at the end of the last tick with nothing to decode were the newcomers'
+        # prefill steps: that much of what they owe is paid already.
+        self.prefill_owed -= min(self.prefill_owed, self.prefill_idle)
+        self.prefill_idle = 0.0
+        paid = min(self.prefill_owed, payable)
+        self.prefill_owed -= paid
+        steps = (dt - paid) / decode_step
+        step = dt / steps if self.knobs.chunked_prefill and steps > 0 else decode_step
         if batch:
             c.busy_seconds += dt
             c.decode_steps += steps
             self.decode_step.observe_one(step, steps)
+        return step, steps, decode_step
 
-        # A long prefill may end in a later tick: its request then starts decoding there.
-        self.running.ready[pending] = np.maximum(prefill_done_at, self.running.admitted[pending])
-        self.running.first_token[fresh] = self.running.ready[fresh]
-        self.ttft.observe(self.running.first_token[fresh] - self.running.arrival[fresh])
+    def _decode(
+        self, end: float, steps: float, decode_step: float, counted_from: np.ndarray
+    ) -> np.ndarray:
+        """Running requests emit a token at every boundary of the batch's steps; the fraction of
+        a step under way at the tick's end is carried into the next (`step_phase`), so a step
+        longer than the tick still completes, over several ticks. Requests scheduled in this
+        tick count boundaries from `counted_from` even if that was before the tick (they joined
+        when room was made in the previous one). Returns when finished requests left, sorted."""
+        c = self.counters
+        running, now, phase = self.running, self.now, self.step_phase
+        scheduled = ~np.isnan(counted_from)
+        rate = steps / (end - now)  # step boundaries per second (dedicated prefill excluded)
+        interval = 1 / rate if rate > 0 else math.inf
 
-        start = np.maximum(self.running.ready, self.now)
-        remaining = self.running.output - self.running.done
-        steps_left = np.maximum(np.floor((end - start) / token_interval + 1e-9), 0)
-        generated = np.minimum(steps_left, remaining)
-        first_tokens = (self.running.done == 0) & (start <= end)
-        generated[first_tokens] = np.maximum(generated[first_tokens], 1)  # prefill emits one
-        self.running.done += generated
-        self.running.ctx += generated
+        def boundaries(at: np.ndarray) -> np.ndarray:
+            """Step boundaries passed since the tick began, up to `at`."""
+            return np.floor(phase + (at - now) * rate + 1e-9)
+
+        # A prefill ending in a later tick starts its request's decoding there.
+        emitting = running.ready <= end
+        start = np.where(emitting, running.ready, end)
+        start = np.where(scheduled, start, np.maximum(start, now))
+        passed = boundaries(np.where(scheduled, np.minimum(counted_from, start), start))
+        first = (running.done == 0) & emitting  # the prefill emits the first token at `ready`
+        remaining = running.output - running.done
+        available = first + np.maximum(boundaries(np.asarray(end)) - passed, 0)
+        generated = np.where(emitting, np.minimum(available, remaining), 0)
+        self.step_phase = (phase + steps) % 1.0
+        running.done += generated
+        running.ctx += generated
         c.generation_tokens += float(np.sum(generated))
-        decode_tokens = float(np.sum(generated) - np.count_nonzero(first_tokens))
+        decode_tokens = float(np.sum(generated) - np.count_nonzero(first))
         if decode_tokens > 0:
-            self.itl.observe_one(token_interval, decode_tokens)
+            self.itl.observe_one(interval, decode_tokens)
 
-        finished = self.running.done >= self.running.output
-        if np.any(finished):
-            finish_at = np.minimum(end, start + remaining * token_interval)[finished]
-            ended = self.running.take(finished)
-            self.running = self.running.take(~finished)
-            self.e2e.observe(finish_at - ended.arrival)
-            c.finished += len(ended)
-            c.finished_within_slo += self._within_slo(ended, finish_at)
-            c.finished_length += float(
-                np.count_nonzero(ended.output >= self.workload.max_new_tokens)
-            )
-        self._preempt_if_full()
-        # Freed slots are refilled at once, as a continuous-batching scheduler does.
-        self._admit(dt, end)
+        finished = running.done >= running.output
+        if not np.any(finished):
+            return np.zeros(0)
+        decoding = emitting & ~finished
+        # The last token: at `ready` for a one-token answer, else at a step boundary.
+        last = (passed + remaining - first)[finished]
+        at_boundary = now + (last - phase) / max(rate, 1e-12)
+        finish_at = np.maximum(at_boundary, start[finished])
+        ended = running.take(finished)
+        self.running = running.take(~finished)
+        self.e2e.observe(finish_at - ended.arrival)
+        c.finished += len(ended)
+        c.finished_within_slo += self._within_slo(ended, finish_at)
+        c.finished_length += float(np.count_nonzero(ended.output >= self.workload.max_new_tokens))
+        freed: np.ndarray = np.sort(finish_at)
+        if not np.any(decoding):
+            # The batch ran dry before the tick's end: the steps after its last token served
+            # nobody. Requests joining in that time (at `freed`) can prefill in them.
+            self.prefill_idle = (end - freed[-1]) * steps * decode_step / (end - now)
+        return freed
 
     def _within_slo(self, ended: _Requests, finish_at: np.ndarray) -> int:
         """Finished requests whose TTFT and mean time per output token met the SLO (the
