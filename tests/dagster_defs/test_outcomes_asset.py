@@ -98,8 +98,11 @@ def test_outcomes_of_a_helpful_and_a_harmful_change(tmp_path, database_url: str)
         }
     kv, queue = stored["vllm-llama70b-kv"], stored["vllm-llama8b-queue"]
     assert kv.outcome == "improved", kv.outcome_evidence
-    assert kv.outcome_evidence["before"]["preemptions_per_s"] > 0
-    assert kv.outcome_evidence["after"]["preemptions_per_s"] == 0
+    before = kv.outcome_evidence["before"]["preemptions_per_s"]
+    after = kv.outcome_evidence["after"]["preemptions_per_s"]
+    # The simulator charges prefill in full since its tick fix: at 3.5 req/s of 3,000-token
+    # prompts the server is near its compute limit and the roomier cache still preempts, less.
+    assert before > 0 and after < before, (before, after)
     assert queue.outcome == "regressed", queue.outcome_evidence
     # Already missing the SLO before, the queue (and TTFT with it) grew worse after.
     assert queue.outcome_evidence["verdicts"]["waiting_mean"] == "worse"

@@ -136,7 +136,13 @@ def test_two_optimization_cycles_at_once_keep_the_tables_correct(
         _seed_history(engine, fleet, targets)
         fleet.switch_to_real_time()
         resources = cycle_resources(
-            postgres_url, targets, samples=2, interval_s=0.3, timeout_s=3.0, window_minutes=5
+            postgres_url,
+            targets,
+            samples=2,
+            interval_s=0.3,
+            timeout_s=3.0,
+            window_minutes=5,
+            min_sustained_s=1.0,
         )
         results: list[ExecuteInProcessResult] = []
         errors: list[BaseException] = []

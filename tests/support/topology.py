@@ -517,6 +517,9 @@ def native_topology(
             "HEALTH_CHECK_CRON": "* * * * *",
             "SCRAPE_SAMPLES": str(samples),
             "SCRAPE_INTERVAL_S": str(interval_s),
+            # one cycle of `samples` is all the history these tests have: count its span as
+            # sustained (the 30 s default needs the 8-sample production cycle)
+            "DETECTION_MIN_SUSTAINED_S": str(max(1.0, (samples - 1) * interval_s)),
             "SCRAPE_TIMEOUT_S": "5",
             "ENVIRONMENT": "test",
             "AGENT_ID": "perf-agent-e2e",
