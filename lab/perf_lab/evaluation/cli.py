@@ -66,7 +66,11 @@ def evaluate_command(
     seed = fresh_seed() if report_seed is None else report_seed
     click.echo(f"tuning seed {tuning_seed}, report seed {seed}, {count} servers each", err=True)
     started = time.monotonic()
-    sets = evaluate_sets([("tuning", tuning_seed, count), ("report", seed, count)], config)
+    sets = evaluate_sets(
+        [("tuning", tuning_seed, count), ("report", seed, count)],
+        config,
+        progress=lambda line: click.echo(line, err=True),
+    )
     seconds = time.monotonic() - started
     command = "perf-pipelines evaluate" + (" --quick" if quick else "")
     command += f" --servers {count}" if servers else ""

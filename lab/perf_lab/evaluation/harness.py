@@ -252,8 +252,9 @@ ORACLE_TIE = 0.005  # goodputs within 0.5 % count as equal (a few requests in a 
 
 @dataclass(frozen=True)
 class OracleResult:
-    best: Goodput
+    best: Goodput  # the point within noise of the top that changes least from the start
     evaluated: int
+    top_rps: float  # the highest goodput on the grid: what shares of the oracle divide by
 
 
 def oracle(
@@ -272,7 +273,7 @@ def oracle(
         return sum(settings[k] != start[k] for k in settings)
 
     near = [g for g in results if g.goodput_rps >= top * (1 - ORACLE_TIE)]
-    return OracleResult(min(near, key=changes), len(results))
+    return OracleResult(min(near, key=changes), len(results), top)
 
 
 # -- peers --------------------------------------------------------------------------------------

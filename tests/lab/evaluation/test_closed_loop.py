@@ -7,6 +7,7 @@ import pytest
 
 from perf_lab.evaluation.closed_loop import run_closed_loop
 from perf_lab.evaluation.harness import (
+    ORACLE_TIE,
     QUICK,
     EvaluationConfig,
     Measurements,
@@ -98,7 +99,8 @@ def test_peers_search_the_same_space_and_never_beat_the_oracle() -> None:
     tpe = {n: tpe_best(spec, FAST, measure, n, seed=1) for n in TPE_TRIALS}
     assert len(measure.cache) == points  # every TPE trial is a grid point, measured once
     assert tpe[3].goodput_rps <= tpe[10].goodput_rps <= tpe[30].goodput_rps
-    assert tpe[30].goodput_rps <= best.best.goodput_rps
+    assert tpe[30].goodput_rps <= best.top_rps
+    assert best.best.goodput_rps >= (1 - ORACLE_TIE) * best.top_rps
     defaults = measure(engine_defaults(spec))
     assert defaults.settings["max_num_seqs"] == 1024  # vLLM V1 on an 80 GB H100
 
@@ -119,7 +121,7 @@ def test_quick_evaluation_reports_both_sets_and_keeps_the_invariants() -> None:
             assert summary.burst_advice == 0
         for score in server_set.scores:
             assert score.error is None, score.error
-            assert score.oracle_best.goodput_rps >= max(g.goodput_rps for g in score.tpe.values())
+            assert score.oracle_top_rps >= max(g.goodput_rps for g in score.tpe.values())
 
 
 def test_a_burst_server_gets_no_advice() -> None:
