@@ -80,8 +80,7 @@ class Situation:
         covered = truth.covered_versions(self.engine) if self.engine else "none"
         if text is None:
             said.append(
-                f"engine version not given: only values every covered release ({covered}) "
-                "accepts"
+                f"engine version not given: only values every covered release ({covered}) accepts"
             )
         elif self.version is None:
             said.append(f"engine version {text!r} not understood: treated as unknown")

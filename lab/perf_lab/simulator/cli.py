@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 import yaml
+
 from perf_lab.simulator.fleet import Fleet
 from perf_lab.simulator.http import make_server
 from perf_lab.simulator.scenarios import SCENARIOS, load_fleet_file, scale, targets_for
-
 from perf_pipelines.settings import is_wildcard_address
 from perf_pipelines.targets import is_loopback_host
 

@@ -16,7 +16,6 @@ from typing import Any
 from perf_lab.simulator.exposition import BUCKETS, render
 from perf_lab.simulator.model import ServerModel, StartupError, Workload
 from perf_lab.simulator.settings import SettingsError, to_knobs, validate_settings
-
 from perf_pipelines.hardware import gpu_by_name, model_by_name
 
 RESTART_SECONDS = 5.0  # simulated time a server is unavailable after a settings change

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
+
 from perf_lab.simulator.fleet import Fleet, Unavailable, UnknownServerError
 from perf_lab.simulator.settings import SettingsError
-
 from perf_pipelines.serving import serve_in_thread
 
 Scope = dict[str, Any]
