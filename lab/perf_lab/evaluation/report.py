@@ -145,6 +145,16 @@ def server_table(server_set: ServerSet) -> str:
     )
 
 
+def _stopped(score: ServerScore) -> str | None:
+    """Why the loop ended short of the oracle: the last window's verdicts without advice."""
+    iterations = score.loop.iterations
+    if len(iterations) < 2 or iterations[-1].recommendations:
+        return None
+    last = iterations[-1]
+    seen = ", ".join(f"{k} ({last.severities.get(k, '?')})" for k in last.detected) or "nothing"
+    return f"no advice in window {len(iterations) - 1}, which showed {seen}"
+
+
 def why(score: ServerScore) -> list[str]:
     """What went wrong on one server, as concretely as the run shows it."""
     reasons = []
@@ -171,6 +181,9 @@ def why(score: ServerScore) -> list[str]:
             f"{_changes(spec.engine, spec.settings, score.final.settings)}; oracle "
             f"{_changes(spec.engine, spec.settings, score.oracle_best.settings)}"
         )
+        stopped = _stopped(score)
+        if stopped:
+            reasons.append(stopped)
     if score.regressions:
         reasons.append(f"step(s) {score.regressions} lost more than 5 % of goodput")
     return reasons
@@ -308,7 +321,9 @@ the defaults — is scored the same way: a fresh server with the same arrivals,
 would refuse — a value it does not accept, or one the GPU cannot run (FP8 weights below compute
 capability 8.0, Marlin kernels on AMD, …: `perf_lab/simulator/settings.py`, with the engines'
 source files and tags) — scores 0, and an agent step that proposes one is *invalid*: it counts
-against the agent, scores 0 and ends that server's loop.
+against the agent, scores 0 and ends that server's loop. Advice the simulator cannot apply (another
+replica, a flag it has no model of) is listed as "not simulated", not applied, and not counted
+as invalid.
 
 **Peers**, on the same servers and the same goodput: the engine defaults (version- and
 GPU-derived where the engine derives them; the deployment — model file, quantized checkpoint,
