@@ -630,9 +630,11 @@ def _findings(
         _slo_breach(stats, "itl_slo_breach", "itl", slo.itl_p95_ms if slo else None, config),
     ]
     found = [report for report in candidates if report is not None]
-    if any(_at_token_budget(report) for report in found):
-        # TGI's token budget is its KV budget: a queue behind it is one finding, not two.
-        found = [report for report in found if report.kind != "kv_cache_pressure"]
+    for report in found:
+        if report.kind == "kv_cache_pressure" and any(_at_token_budget(r) for r in found):
+            # TGI's token budget is its KV budget: both are reported (an orchestrator reading
+            # either kind sees the server), the KV one says it is the same budget.
+            report.evidence["same_budget_as"] = "queue_saturation (token budget)"
     # Never "idle" beside a real bottleneck (a burst does not make a server busy).
     if not any(is_sustained(report) for report in found):
         idle = _underutilization(stats, config)

@@ -22,6 +22,7 @@ from perf_pipelines.recommendations import sizing
 from perf_pipelines.recommendations.situation import Situation
 
 MAX_MEMORY_FRACTION = 0.95
+WEIGHT_BOUND_SHARE = 0.5  # weights at least half a decode step's bytes: quantize before batch
 # vLLM V0 with chunked prefill used 512, V1 2048 on smaller GPUs; SGLang 2048 below 25 GB.
 MIN_DERIVED_PREFILL_BUDGET = 2048  # keep ≥ 5 % of GPU memory for activations and CUDA graphs
 QUALITY_NOTE = (
@@ -439,6 +440,25 @@ def lower_concurrency_for_itl(situation: Situation, report: BottleneckReport) ->
     )
 
 
+def quantize_weights_for_decode(situation: Situation, report: BottleneckReport) -> Step | str:
+    """First for an ITL breach when the weights are most of what a decode step reads."""
+    bound = sizing.decode_weight_bound(situation)
+    if bound is None:
+        return "decode bytes: model or GPU unknown, cannot tell weights from KV"
+    if bound["weight_share_of_step_bytes"] < WEIGHT_BOUND_SHARE:
+        share = bound["weight_share_of_step_bytes"]
+        return f"decode reads mostly KV ({1 - share:.0%} of its bytes): the batch is the lever"
+    step = quantize_weights(situation, report)
+    if isinstance(step, Step):
+        step.computation |= bound
+        step.rationale = (
+            f"A decode step reads {bound['weight_share_of_step_bytes']:.0%} weights and the "
+            "rest KV, so a smaller batch would cost throughput and barely shorten it. "
+            + step.rationale
+        )
+    return step
+
+
 def raise_prefill_budget(situation: Situation, report: BottleneckReport) -> Step | str:
     parameter = PREFILL_BUDGET.get(situation.engine)
     if parameter is None:
@@ -555,7 +575,7 @@ LADDERS: dict[str, dict[str, tuple[Rung, ...]]] = {
         "llamacpp": (raise_concurrency, quantize_kv_cache_llamacpp),
     },
     "itl_slo_breach": {
-        engine: (lower_concurrency_for_itl, quantize_weights)
+        engine: (quantize_weights_for_decode, lower_concurrency_for_itl, quantize_weights)
         for engine in ("vllm", "sglang", "tgi", "llamacpp")
     },
     "ttft_slo_breach": {

@@ -14,7 +14,9 @@ from perf_pipelines.recommendations.situation import Situation
 
 TARGET_KV_USAGE = 0.85  # size KV so that the load seen uses 85 %: below the 90 % pressure mark
 MEMORY_STEP = 0.05  # the step when the KV arithmetic lacks an input (said in the evidence)
-MAX_BATCH_FACTOR = 2.0  # never more than ×2 or ÷2 of a batch limit in one step
+MAX_BATCH_FACTOR = 2.0  # never more than ×2 or ÷2 of a batch limit in one step…
+MAX_QUEUE_FACTOR = 4.0  # …but ×4 for a queue where the KV gauge shows the room for it
+LOAD_FLOOR_MARGIN = 1.2  # a cap lowered for ITL keeps 20 % over what the load keeps in flight
 MAX_PREFILL_FACTOR = 4.0  # a prefill budget moves at most ×4 in one step
 
 
@@ -121,12 +123,19 @@ def concurrency_for_kv(situation: Situation, current: float) -> Sized:
 
 
 def concurrency_for_queue(situation: Situation, current: float) -> Sized:
-    """Room for the mean queue, at most ×2, and no further than the KV headroom allows."""
+    """Room for the mean queue: at most ×4 where the KV gauge shows the headroom (and never past
+    it), at most ×2 where it cannot be seen."""
     waiting = situation.waiting_mean
-    computation: dict[str, Any] = {"batch_limit": current, "waiting_mean": round(waiting, 1)}
-    value = math.floor(min(current * MAX_BATCH_FACTOR, current + max(waiting, 1.0)))
     running, kv = situation.running_mean, situation.kv_mean
-    if running and kv and situation.kv_exported and kv > 0:
+    seen = bool(running and kv and situation.kv_exported and kv > 0)
+    factor = MAX_QUEUE_FACTOR if seen else MAX_BATCH_FACTOR
+    computation: dict[str, Any] = {
+        "batch_limit": current,
+        "waiting_mean": round(waiting, 1),
+        "at_most": f"×{factor:g}",
+    }
+    value = math.floor(min(current * factor, current + max(waiting, 1.0)))
+    if seen and running and kv:
         kv_room = math.floor(TARGET_KV_USAGE * running / kv)
         computation |= {
             "running_mean": round(running, 1),
@@ -139,24 +148,62 @@ def concurrency_for_queue(situation: Situation, current: float) -> Sized:
     return Sized(value, computation)
 
 
+def load_floor(situation: Situation, slo_ms: float) -> tuple[int, dict[str, Any]] | None:
+    """Sequences the load keeps in flight when each decodes at the SLO's pace (Little's law:
+    finished per second × output tokens × seconds per token), with 20 % to spare. A cap below
+    it would queue requests without bound; None where the window lacks the counts."""
+    rate = situation.stats.rates.get("finished")
+    output = situation.output_mean
+    if not rate or rate <= 0 or not output:
+        return None
+    floor = math.ceil(LOAD_FLOOR_MARGIN * rate * output * slo_ms / 1000)
+    return floor, {
+        "finished_per_s": round(rate, 3),
+        "output_tokens_mean": round(output),
+        "load_floor": floor,
+        "load_floor_formula": "ceil(1.2 × finished/s × output tokens × slo)",
+    }
+
+
 def concurrency_for_itl(
     situation: Situation, current: float, slo_ms: float, p95_ms: float
 ) -> Sized:
-    """Decode time per step grows with the batch: scale the running batch by SLO / p95."""
+    """Decode time per step grows with the batch: scale the running batch by SLO / p95, at most
+    ÷2, and never below what the load keeps in flight at the SLO's pace."""
     running = situation.running_mean or current
     target_batch = max(1.0, running * slo_ms / p95_ms)
     floor = math.ceil(current / MAX_BATCH_FACTOR)
     value = max(1, floor, min(current - 1, math.floor(target_batch)))
-    return Sized(
-        value,
-        {
-            "running_mean": round(running, 1),
-            "itl_p95_ms": round(p95_ms, 1),
-            "itl_slo_ms": slo_ms,
-            "formula": "floor(running_mean × slo / p95), at most ÷2",
-            "target_batch": round(target_batch, 1),
-        },
-    )
+    computation: dict[str, Any] = {
+        "running_mean": round(running, 1),
+        "itl_p95_ms": round(p95_ms, 1),
+        "itl_slo_ms": slo_ms,
+        "formula": "floor(running_mean × slo / p95), at most ÷2",
+        "target_batch": round(target_batch, 1),
+    }
+    needed = load_floor(situation, slo_ms)
+    if needed is not None:
+        computation |= needed[1]
+        value = max(value, needed[0])
+    return Sized(value, computation)
+
+
+def decode_weight_bound(situation: Situation) -> dict[str, Any] | None:
+    """Bytes a decode step reads: the weights once, each running sequence's KV. When the weights
+    are the larger part, a smaller batch barely shortens the step and fewer weight bytes do;
+    None where model or GPU is unknown."""
+    model, per_sequence = situation.model, situation.tokens_per_sequence
+    running = situation.running_mean
+    per_token = situation.kv_bytes_per_token(situation.current("kv_cache_dtype").value)
+    if model is None or per_sequence is None or not running or per_token is None:
+        return None
+    weights = model.active_params_b * 1e9 * 2.0
+    kv = running * per_sequence[0] * per_token
+    return {
+        "weight_bytes_per_step": round(weights),
+        "kv_bytes_per_step": round(kv),
+        "weight_share_of_step_bytes": round(weights / (weights + kv), 3),
+    }
 
 
 def prefill_budget(situation: Situation, current: float, maximum: float | None) -> Sized | None:

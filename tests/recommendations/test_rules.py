@@ -304,7 +304,7 @@ def test_sglang_at_the_ceiling_on_l4_gets_its_own_fp8_kv_spelling() -> None:
         ("llamacpp", "parallel", "--parallel", 4),
     ],
 )
-def test_queue_with_kv_room_raises_the_batch_limit_at_most_twofold(
+def test_queue_raises_the_batch_limit_within_the_kv_headroom_and_at_most_fourfold(
     engine: str, parameter: str, flag: str, limit: int
 ) -> None:
     name = f"{engine}-a"
@@ -316,7 +316,10 @@ def test_queue_with_kv_room_raises_the_batch_limit_at_most_twofold(
     (rec,) = _recommend(rows, target, name=name, engine=engine)
     assert (rec.parameter, rec.engine_flag, rec.direction) == (parameter, flag, "raise")
     assert rec.current_value == limit
-    assert limit < rec.recommended_value <= 2 * limit
+    # ×4 at most where the KV gauge shows room (and never past 85 % of it), ×2 where it cannot
+    # be seen (llama.cpp): a long queue would justify far more.
+    bound = 2 * limit if engine == "llamacpp" else min(4 * limit, int(0.85 * limit / 0.35))
+    assert limit < rec.recommended_value <= bound, rec.evidence["step"]
     assert isinstance(rec.recommended_value, int)
     assert flag in rec.rationale and rec.report_kind == "queue_saturation"
     assert _quantified(rec.expected_effect)
@@ -569,7 +572,7 @@ def test_an_unconfigured_cap_is_read_from_the_running_plateau_not_the_default() 
     # 16 run with 30+ waiting and KV at 35 %: the cap in force is 16, whatever vLLM's default.
     (rec,) = _recommend(_queue(16), _target())
     assert rec.current_value == 16
-    assert 16 < rec.recommended_value <= 32
+    assert 16 < rec.recommended_value <= 38  # the KV headroom: floor(0.85 × 16 / 0.35)
     assert "running plateau" in rec.rationale and "from 16 to" in rec.rationale
     assert (
         rec.confidence < _recommend(_queue(16), _target(config={"max_num_seqs": 16}))[0].confidence
@@ -601,3 +604,31 @@ def test_advice_says_what_it_could_not_rely_on() -> None:
         assert any(said in line for line in limits), limits
         assert any("unknown GPU 'Quantum GPU 9000'" in line for line in limits), limits
         assert (rec.parameter, rec.direction) == ("max_num_seqs", "lower")
+
+
+def test_itl_never_lowers_the_cap_below_what_the_load_keeps_in_flight() -> None:
+    """20 requests finish per 15 s with 300 output tokens each: at a 60 ms SLO the load keeps
+    ceil(1.2 × 1.33 × 300 × 0.06) = 29 in flight; a smaller cap would queue without bound."""
+    target = _target(config={"max_num_seqs": 40}, slo={"itl_p95_ms": 60})
+    (rec,) = _recommend(_itl_breach(running=40.0), target)
+    step = rec.evidence["step"]
+    assert step["load_floor"] == 29, step
+    assert rec.recommended_value >= 29 and rec.direction == "lower"
+    # Already at the floor: the cap is not the lever, the ladder moves on.
+    at_floor = _target(config={"max_num_seqs": 29}, slo={"itl_p95_ms": 60})
+    (rec,) = _recommend(_itl_breach(running=29.0), at_floor)
+    assert rec.parameter != "max_num_seqs", rec
+
+
+def test_itl_on_a_weight_bound_decode_quantizes_before_shrinking_the_batch() -> None:
+    # Llama 3.1 70B on H100s with 4 short chats running: 141 GB of weights per step against a
+    # few hundred MB of KV, so a smaller batch would not shorten the step.
+    target = _target(
+        hardware={"gpu": "H100", "count": 4},
+        config={"max_num_seqs": 8},
+        slo={"itl_p95_ms": 60},
+    )
+    rows = [{**row, "kv_cache_usage": 0.02} for row in _itl_breach(running=4.0)]
+    (rec,) = _recommend(rows, target, model="meta-llama/Llama-3.1-70B-Instruct")
+    assert (rec.parameter, rec.recommended_value) == ("quantization", "fp8")
+    assert rec.evidence["step"]["weight_share_of_step_bytes"] > 0.5
