@@ -129,8 +129,9 @@ MATRIX: dict[tuple[str, str], Cell] = {
         ("underutilization",),
     ),
     ("TGI", "kv_cache_pressure"): Cell(
-        "proxy: `tgi_batch_current_max_tokens` / `tgi_batch_max_total_tokens` ≥ 0.90 with no "
-        "queue (reserved, not used, tokens)",
+        "proxy: `tgi_batch_current_max_tokens` / `tgi_batch_max_total_tokens` ≥ 0.90 (reserved, "
+        "not used, tokens; beside a queue at the token budget it is the same budget, said in "
+        "`evidence.same_budget_as`)",
         ("kv_cache_pressure",),
         "judged on a proxy",
     ),
