@@ -22,6 +22,8 @@ from perf_pipelines.recommendations import sizing
 from perf_pipelines.recommendations.situation import Situation
 
 MAX_MEMORY_FRACTION = 0.95
+# A token budget the server reports, this far below what the memory holds, was set by hand.
+USER_SET_BUDGET_RATIO = 1.5
 WEIGHT_BOUND_SHARE = 0.5  # weights at least half a decode step's bytes: quantize before batch
 # vLLM V0 with chunked prefill used 512, V1 2048 on smaller GPUs; SGLang 2048 below 25 GB.
 MIN_DERIVED_PREFILL_BUDGET = 2048  # keep ≥ 5 % of GPU memory for activations and CUDA graphs
@@ -440,6 +442,39 @@ def lower_concurrency_for_itl(situation: Situation, report: BottleneckReport) ->
     )
 
 
+def raise_token_budget(situation: Situation, report: BottleneckReport) -> Step | str:
+    """TGI with a --max-batch-total-tokens set below what its memory holds."""
+    if situation.engine != "tgi":
+        return "token budget: TGI only"
+    current = situation.current("max_batch_total_tokens")
+    value = current.number()
+    if value is None or not current.known:
+        return "max_batch_total_tokens: not known, so TGI sized it from free memory at warm-up"
+    sized = sizing.tgi_memory_budget(situation)
+    if sized is None:
+        return "max_batch_total_tokens: model or GPU unknown, cannot size it from memory"
+    budget, computation = sized
+    # A budget the server reports may be the one TGI sized itself: only one well below what the
+    # memory holds is a cap someone set.
+    needed = 1.05 if current.source == "targets file" else USER_SET_BUDGET_RATIO
+    if budget <= value * needed:
+        return f"max_batch_total_tokens: {value:g} is about what the memory holds ({budget})"
+    flag = _flag(situation, "max_batch_total_tokens")
+    return Step(
+        "max_batch_total_tokens",
+        budget,
+        "raise",
+        "kv_cache_optimization",
+        f"The queue waits on a token budget set below what the memory holds: raise {flag} from "
+        f"{value:g} to {budget} (TGI refuses to start past its free memory; this keeps 15 % "
+        "for activations).",
+        f"room for ×{budget / value:.1f} the tokens in the running batch",
+        computation,
+        base_confidence=0.6,
+        current=value,
+    )
+
+
 def quantize_weights_for_decode(situation: Situation, report: BottleneckReport) -> Step | str:
     """First for an ITL breach when the weights are most of what a decode step reads."""
     bound = sizing.decode_weight_bound(situation)
@@ -554,7 +589,7 @@ LADDERS: dict[str, dict[str, tuple[Rung, ...]]] = {
     "kv_cache_pressure": {
         "vllm": (raise_memory_fraction, fp8_kv_cache, quantize_weights, cap_concurrency_to_kv),
         "sglang": (raise_memory_fraction, fp8_kv_cache, quantize_weights, cap_concurrency_to_kv),
-        "tgi": (fp8_kv_cache, quantize_weights, cap_concurrency_to_kv),
+        "tgi": (raise_token_budget, fp8_kv_cache, quantize_weights, cap_concurrency_to_kv),
         "llamacpp": (quantize_kv_cache_llamacpp, cap_concurrency_to_kv),
     },
     "preemption": {
@@ -571,7 +606,7 @@ LADDERS: dict[str, dict[str, tuple[Rung, ...]]] = {
     "queue_saturation": {
         "vllm": (raise_concurrency, raise_memory_fraction, fp8_kv_cache, quantize_weights),
         "sglang": (raise_concurrency, raise_memory_fraction, fp8_kv_cache, quantize_weights),
-        "tgi": (raise_concurrency, fp8_kv_cache, quantize_weights),
+        "tgi": (raise_token_budget, raise_concurrency, fp8_kv_cache, quantize_weights),
         "llamacpp": (raise_concurrency, quantize_kv_cache_llamacpp),
     },
     "itl_slo_breach": {

@@ -16,6 +16,7 @@ TARGET_KV_USAGE = 0.85  # size KV so that the load seen uses 85 %: below the 90 
 MEMORY_STEP = 0.05  # the step when the KV arithmetic lacks an input (said in the evidence)
 MAX_BATCH_FACTOR = 2.0  # never more than ×2 or ÷2 of a batch limit in one step…
 MAX_QUEUE_FACTOR = 4.0  # …but ×4 for a queue where the KV gauge shows the room for it
+TGI_MEMORY_USE = 0.85  # of GPU memory for weights and KV when sizing TGI's token budget
 LOAD_FLOOR_MARGIN = 1.2  # a cap lowered for ITL keeps 20 % over what the load keeps in flight
 MAX_PREFILL_FACTOR = 4.0  # a prefill budget moves at most ×4 in one step
 
@@ -134,7 +135,13 @@ def concurrency_for_queue(situation: Situation, current: float) -> Sized:
         "waiting_mean": round(waiting, 1),
         "at_most": f"×{factor:g}",
     }
+    room = _batch_room(situation)
+    if not seen and room is not None:
+        factor = MAX_QUEUE_FACTOR  # the engine's own budget shows the room instead of a KV gauge
+        computation |= room[1] | {"at_most": f"×{factor:g}"}
     value = math.floor(min(current * factor, current + max(waiting, 1.0)))
+    if room is not None:
+        value = min(value, room[0])
     if seen and running and kv:
         kv_room = math.floor(TARGET_KV_USAGE * running / kv)
         computation |= {
@@ -146,6 +153,58 @@ def concurrency_for_queue(situation: Situation, current: float) -> Sized:
         value = min(value, kv_room)
     computation["proposed"] = value
     return Sized(value, computation)
+
+
+def _batch_room(situation: Situation) -> tuple[int, dict[str, Any]] | None:
+    """How many sequences the engine's own budget holds where no KV gauge says it: TGI's token
+    budget over the tokens each request reserves; llama.cpp's context over the context each
+    request reaches (its slots share --ctx-size), with a quarter to spare."""
+    stats = situation.stats
+    budget, reserved = stats.token_budget_tokens, stats.reserved_tokens_per_request
+    if situation.engine == "tgi" and budget and reserved:
+        return math.floor(budget / reserved), {
+            "token_budget_tokens": round(budget),
+            "reserved_tokens_per_request": round(reserved),
+            "budget_allows": math.floor(budget / reserved),
+        }
+    ctx = situation.current("ctx_size").number()
+    context = stats.context_tokens_per_request
+    if situation.engine == "llamacpp" and ctx and context:
+        allows = math.floor(ctx / (context * 1.25))
+        return allows, {
+            "ctx_size": ctx,
+            "context_tokens_per_request": round(context),
+            "context_allows": allows,
+            "context_formula": "floor(ctx_size / (1.25 × context per request))",
+        }
+    return None
+
+
+def tgi_memory_budget(situation: Situation) -> tuple[int, dict[str, Any]] | None:
+    """The token budget TGI would size from free memory itself: (GPU memory × memory fraction
+    × 0.85 − weight bytes) ÷ KV bytes per token; None where model or GPU is unknown."""
+    total, model = situation.total_gpu_bytes, situation.model
+    per_token = situation.kv_bytes_per_token(situation.current("kv_cache_dtype").value)
+    if total is None or model is None or per_token is None:
+        return None
+    fraction = situation.current("cuda_memory_fraction").number() or 1.0
+    quantized = str(situation.current("quantize").value or "").lower()
+    bytes_per_weight = 1.0 if quantized in ("fp8", "eetq", "bitsandbytes") else 2.0
+    if quantized in ("awq", "gptq", "marlin", "bitsandbytes-nf4", "bitsandbytes-fp4"):
+        bytes_per_weight = 0.5
+    weights = model.params_b * 1e9 * bytes_per_weight
+    free = total * fraction * TGI_MEMORY_USE - weights
+    if free <= 0:
+        return None
+    tokens = math.floor(free / per_token / 256) * 256
+    return tokens, {
+        "gpu_memory_bytes_total": round(total),
+        "cuda_memory_fraction": fraction,
+        "weight_bytes": round(weights),
+        "kv_bytes_per_token": round(per_token),
+        "memory_budget_tokens": tokens,
+        "formula": "(memory × fraction × 0.85 − weights) / KV bytes per token",
+    }
 
 
 def load_floor(situation: Situation, slo_ms: float) -> tuple[int, dict[str, Any]] | None:

@@ -632,3 +632,40 @@ def test_itl_on_a_weight_bound_decode_quantizes_before_shrinking_the_batch() -> 
     (rec,) = _recommend(rows, target, model="meta-llama/Llama-3.1-70B-Instruct")
     assert (rec.parameter, rec.recommended_value) == ("quantization", "fp8")
     assert rec.evidence["step"]["weight_share_of_step_bytes"] > 0.5
+
+
+def _tgi_at_budget(i: int) -> dict[str, Any]:
+    """TGI with 31,000 of its 32,000-token budget reserved and a queue growing behind it."""
+    return {
+        "requests_running": 12.0 + i % 2,
+        "requests_waiting": 20.0 + i,
+        "kv_cache_capacity_tokens": 32_000.0,
+        "settings": {"max_batch_total_tokens": 32_000},
+        "extra": {"kv_reservation_ratio": (31_000.0 - 200 * (i % 3)) / 32_000.0},
+        "prompt_tokens_total": 12_000.0 * i,
+        "generation_tokens_total": 3_000.0 * i,
+        "requests_finished_total": 10.0 * i,
+    }
+
+
+def test_tgi_budget_set_below_memory_is_raised_to_what_the_memory_holds() -> None:
+    # Llama 3.1 8B on one H100: (80 GiB × 0.85 − 16 GB of weights) / 128 KiB per token ≈ 434k
+    # tokens, far above the 32,000 the server reports: a cap someone set.
+    target = _target("tgi-a", "tgi", hardware={"gpu": "H100"})
+    rows = [_tgi_at_budget(i) for i in range(10)]
+    recs = _by_parameter(_recommend(rows, target, name="tgi-a", engine="tgi"))
+    rec = recs["max_batch_total_tokens"]
+    assert (rec.engine_flag, rec.direction, rec.current_value) == (
+        "--max-batch-total-tokens",
+        "raise",
+        32_000,
+    )
+    step = rec.evidence["step"]
+    assert (
+        rec.recommended_value == step["memory_budget_tokens"] and rec.recommended_value % 256 == 0
+    )
+    assert 400_000 < rec.recommended_value < 460_000, step
+    # The GPU unknown: no memory figures, so the budget is left alone.
+    unknown = _target("tgi-a", "tgi", hardware={"gpu": "Quantum GPU 9000"})
+    recs = _by_parameter(_recommend(rows, unknown, name="tgi-a", engine="tgi"))
+    assert "max_batch_total_tokens" not in recs and recs, recs

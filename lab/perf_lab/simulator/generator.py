@@ -453,6 +453,10 @@ def ground_truth(obs: Observation, spec: ServerSpec) -> set[str] | None:
     if any(v is None for kind, v in verdicts.items() if kind in observable):
         return None
     truth = {kind for kind, v in verdicts.items() if v and kind in observable}
+    if "kv_cache_pressure" in truth:
+        # Preemption with the KV cache full is KV pressure (issue 14: preemption without high
+        # KV use is its own kind); counted once, as the agent is asked to report it.
+        truth.discard("preemption")
     if not truth and "underutilization" in observable:
         idle = _idle_verdict(obs, spec)
         if idle is None:
