@@ -30,6 +30,8 @@ PACKAGES = (ROOT / "perf_pipelines", ROOT / "lab" / "perf_lab")
 
 def _sources() -> list[Path]:
     return sorted(path for package in PACKAGES for path in package.rglob("*.py"))
+
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
