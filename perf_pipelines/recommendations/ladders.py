@@ -21,12 +21,13 @@ from perf_pipelines.findings import BottleneckReport
 from perf_pipelines.recommendations import sizing
 from perf_pipelines.recommendations.situation import Situation
 
-MAX_MEMORY_FRACTION = 0.95
+MAX_MEMORY_FRACTION = 0.95  # keep ≥ 5 % of GPU memory for activations and CUDA graphs
 # A token budget the server reports, this far below what the memory holds, was set by hand.
 USER_SET_BUDGET_RATIO = 1.5
 WEIGHT_BOUND_SHARE = 0.5  # weights at least half a decode step's bytes: quantize before batch
-# vLLM V0 with chunked prefill used 512, V1 2048 on smaller GPUs; SGLang 2048 below 25 GB.
-MIN_DERIVED_PREFILL_BUDGET = 2048  # keep ≥ 5 % of GPU memory for activations and CUDA graphs
+# Stands for a prefill budget the engine derived and does not export: vLLM V1 derives 2048 on
+# smaller GPUs, SGLang 2048 below 25 GB; the advice can then only raise the budget in force.
+MIN_DERIVED_PREFILL_BUDGET = 2048
 QUALITY_NOTE = (
     "Validate output quality (e.g. your eval set or a perplexity check) on a canary before "
     "rolling this out: quantization changes the model's numerics."
@@ -171,8 +172,8 @@ def fp8_kv_cache(situation: Situation, report: BottleneckReport) -> Step | str:
                 "change",
                 "kv_cache_optimization",
                 f"Store the KV cache in FP8 on this {situation.gpu_facts} (FP8 compute): "
-                f"{_flag(situation, 'kv_cache_dtype')} {value} instead of {current.value}"
-                f"{current.note}. {QUALITY_NOTE}",
+                f"{_flag(situation, 'kv_cache_dtype')} {value} instead of "
+                f"{current.value or 'the model dtype'}{current.note}. {QUALITY_NOTE}",
                 effect,
                 {"fp8_support": situation.fp8, "gpu": situation.gpu_label},
                 base_confidence=0.5,
