@@ -1,4 +1,4 @@
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench screenshots
 
 demo:  ## install, start a simulated fleet, run optimization_cycle, open the Dagster UI
 	./scripts/demo.sh
@@ -11,3 +11,6 @@ lint:
 
 bench:
 	./scripts/bench.sh
+
+screenshots:  ## refresh docs/screenshots from the browser test (tests never write there)
+	PERF_SCREENSHOTS_DIR=docs/screenshots ./scripts/test.sh tests/deploy/test_ui_browser.py
