@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select
 
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
-from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
+from perf_pipelines.dagster_defs.cycle_asset import cycle_asset, log_summary
 from perf_pipelines.dagster_defs.resources import (
     AnalysisResource,
     DatabaseResource,
@@ -66,12 +66,17 @@ def bottleneck_reports(
     with engine.begin() as connection:
         write_reports(connection, context.run.run_id, detection.reports, end)
     ordered = sorted(detection.reports, key=lambda r: (_SEVERITY_ORDER[r.severity], -r.score))
-    for report in ordered:
-        if report.severity != "info":
-            context.log.warning(
-                f"{report.target}: {report.kind} ({report.severity}) {report.summary}"
-            )
     severities = Counter(r.severity for r in detection.reports)
+    problems = [
+        f"{r.target}: {r.kind} ({r.severity}) {r.summary}" for r in ordered if r.severity != "info"
+    ]
+    log_summary(
+        context,
+        f"{len(detection.reports)} report(s): {severities['critical']} critical, "
+        f"{severities['warning']} warning, {severities['info']} info",
+        problems,
+        warn=bool(problems),
+    )
     return MaterializeResult(
         metadata={
             "reports": MetadataValue.int(len(detection.reports)),
@@ -175,10 +180,15 @@ def tuning_recommendations(
         expired = expire_stale_recommendations(
             connection, now - timedelta(minutes=analysis.recommendation_ttl_minutes), now
         )
-    for rec in recommendations:
-        context.log.info(
-            f"{rec.target}: {rec.engine_flag} {rec.current_value} → {rec.recommended_value}"
-        )
+    log_summary(
+        context,
+        f"{len(recommendations)} recommendation(s), "
+        f"{len(advice.dropped)} dropped by the truth table",
+        [
+            f"{r.target}: {r.engine_flag} {r.current_value} → {r.recommended_value}"
+            for r in recommendations
+        ],
+    )
     return MaterializeResult(
         metadata={
             "recommendations": MetadataValue.int(len(recommendations)),

@@ -21,7 +21,7 @@ from sqlalchemy import and_, func, or_, select
 
 from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
-from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
+from perf_pipelines.dagster_defs.cycle_asset import cycle_asset, log_summary
 from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
 from perf_pipelines.formatting import format_value, markdown_table
 from perf_pipelines.sources.cycle import read_cycle, targets_needing_backfill
@@ -94,11 +94,12 @@ def metric_snapshots(
 
     down = [r for r in last_round if not r.up]
     engines = Counter(r.engine.value for r in last_round if r.engine)
-    for result in down:
-        context.log.warning(f"target {result.target.name} is down: {result.error}")
-    context.log.info(
+    log_summary(
+        context,
         f"scraped {len(target_list)} targets × {samples} samples: "
-        f"{len(target_list) - len(down)} up, {len(down)} down, {inserted} rows stored"
+        f"{len(target_list) - len(down)} up, {len(down)} down, {inserted} rows stored",
+        [f"target {result.target.name} is down: {result.error}" for result in down],
+        warn=bool(down),
     )
     return MaterializeResult(
         metadata={
@@ -133,10 +134,12 @@ def _read_prometheus(
         backfill_minutes=scraper.prometheus_backfill_minutes,
         backfill_step_s=scraper.prometheus_backfill_step_s,
     )
-    for name, notes in cycle.warnings.items():
-        context.log.warning(f"target {name}: " + "; ".join(notes))
-    for name, error in cycle.backfill_errors.items():
-        context.log.warning(f"target {name}: back-fill failed: {error}")
+    problems = [f"target {name}: " + "; ".join(notes) for name, notes in cycle.warnings.items()]
+    problems += [
+        f"target {name}: back-fill failed: {e}" for name, e in cycle.backfill_errors.items()
+    ]
+    if problems:
+        log_summary(context, f"{len(problems)} target(s) read with problems", problems, warn=True)
     metadata: dict[str, MetadataValue] = {
         "source": MetadataValue.text("prometheus"),
         "rows_backfilled": MetadataValue.int(len(cycle.backfill_rows)),
