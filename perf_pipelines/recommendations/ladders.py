@@ -122,11 +122,12 @@ def raise_memory_fraction(situation: Situation, report: BottleneckReport) -> Ste
         return f"{parameter}: already {_shown(value)}, at the cap of {cap}"
     step = sizing.memory_fraction(situation, value, cap)
     flag = _flag(situation, parameter)
-    effect = f"KV cache +{(step.value - value) * 100:.0f} % of GPU memory"
+    share = f"+{(step.value - value) * 100:.0f} % of GPU memory"
+    effect = f"KV cache {share}"
     total = situation.total_gpu_bytes
     if total is not None:
         extra_bytes = (step.value - value) * total
-        effect = f"KV cache +{extra_bytes / 1024**3:.1f} GiB ({effect[9:]})"
+        effect = f"KV cache +{extra_bytes / 1024**3:.1f} GiB ({share})"
         per_token = situation.kv_bytes_per_token(situation.current("kv_cache_dtype").value)
         capacity = situation.stats.kv_capacity_tokens
         if per_token:

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import numpy as np
-
 from perf_pipelines.analysis.window import WindowStats
 from perf_pipelines.engines import truth
 from perf_pipelines.findings import BottleneckReport
@@ -50,11 +48,6 @@ class Current:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
         return float(value) if math.isfinite(value) else None
-
-
-def _mean(values: np.ndarray) -> float | None:
-    finite = values[~np.isnan(values)] if len(values) else values
-    return float(np.mean(finite)) if len(finite) else None
 
 
 @dataclass
@@ -164,51 +157,42 @@ class Situation:
 
     # --- what the window measured, in the units the step sizes need -----------------------
 
-    # Means over observed wall time (analysis/window.py weighs each sample by the time it stands
-    # for); a plain mean over the samples where a window carries no weights.
-    @cached_property
+    # What analysis/window.py measured, under the names the step sizes read: means over
+    # observed wall time (each sample weighed by the seconds it stands for) and per-request
+    # token counts over the window's finished requests.
+    @property
     def running_mean(self) -> float | None:
-        stats = self.stats
-        return stats.running_mean if stats.running_mean is not None else _mean(stats.running)
+        return self.stats.running_mean
 
-    @cached_property
+    @property
     def waiting_mean(self) -> float:
-        stats = self.stats
-        return stats.waiting_mean if stats.waiting_mean is not None else _mean(stats.waiting) or 0.0
+        return self.stats.waiting_mean or 0.0
 
-    @cached_property
+    @property
     def kv_mean(self) -> float | None:
-        stats = self.stats
-        return stats.kv_usage_mean if stats.kv_usage_mean is not None else _mean(stats.kv_usage)
+        return self.stats.kv_usage_mean
 
-    @cached_property
+    @property
     def kv_exported(self) -> bool:
         return self.stats.kv_usage_source == "kv_cache_usage" and self.kv_mean is not None
 
-    @cached_property
+    @property
     def prompt_mean(self) -> float | None:
-        prompts, finished = self.stats.increases.get("prompt_tokens"), self.finished
-        return prompts / finished if prompts is not None and finished else None
-
-    @cached_property
-    def output_mean(self) -> float | None:
-        generated, finished = self.stats.increases.get("generation_tokens"), self.finished
-        return generated / finished if generated is not None and finished else None
+        return self.stats.prompt_tokens_per_request
 
     @property
-    def finished(self) -> float | None:
-        value = self.stats.increases.get("finished")
-        return value if value is not None and value > 0 else None
+    def output_mean(self) -> float | None:
+        return self.stats.generation_tokens_per_request
 
     @cached_property
     def tokens_per_sequence(self) -> tuple[float, str] | None:
         """KV tokens one running sequence holds on average, and how that was measured."""
-        capacity, kv, running = self.stats.kv_capacity_tokens, self.kv_mean, self.running_mean
-        if capacity and kv is not None and self.kv_exported and running and running >= 1:
-            used = kv * capacity / running
+        in_use, running = self.stats.kv_tokens_in_use_mean, self.running_mean
+        if in_use and running and running >= 1:
+            used = in_use / running
             return used, (
-                f"{kv:.0%} of {capacity:,.0f} KV tokens over {running:.1f} running "
-                f"= {used:,.0f} tokens per sequence"
+                f"{self.kv_mean or 0:.0%} of {self.stats.kv_capacity_tokens or 0:,.0f} KV tokens "
+                f"over {running:.1f} running = {used:,.0f} tokens per sequence"
             )
         if self.prompt_mean is not None:
             held = self.prompt_mean + 0.5 * (self.output_mean or 0.0)

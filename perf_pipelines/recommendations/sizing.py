@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from perf_pipelines.recommendations.situation import Situation
 
 TARGET_KV_USAGE = 0.85  # size KV so that the load seen uses 85 %: below the 90 % pressure mark
@@ -42,8 +44,8 @@ def kv_tokens_needed(situation: Situation) -> tuple[float, dict[str, Any]] | Non
     tokens, how = per_sequence
     sequences = (situation.running_mean or 0.0) + situation.waiting_mean
     demand = sequences * tokens / TARGET_KV_USAGE
-    kv = situation.stats.kv_usage
-    peak = float(max(kv[~(kv != kv)])) if len(kv) and situation.kv_exported else 0.0
+    # kv_exported: the gauge has at least one finite sample, so nanmax has a value to return
+    peak = float(np.nanmax(situation.stats.kv_usage)) if situation.kv_exported else 0.0
     needed = max(demand, capacity * peak / TARGET_KV_USAGE)
     return needed, {
         "tokens_per_sequence": round(tokens),
