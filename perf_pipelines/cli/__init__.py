@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -26,7 +27,9 @@ _LAZY_COMMANDS: dict[str, str] = {
 PLUGIN_GROUP = "perf_pipelines.commands"
 
 
+@cache
 def _plugin_commands() -> dict[str, str]:
+    """Read once per process: `--help` asks for every command, each would scan the metadata."""
     return {point.name: point.value for point in entry_points(group=PLUGIN_GROUP)}
 
 
