@@ -6,7 +6,6 @@ the simulator's or Dagster's imports at start-up.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from functools import cache
 from importlib.metadata import entry_points
@@ -104,6 +103,8 @@ def validate_targets(path: Path | None) -> None:
 @click.argument("path", type=click.Path(path_type=Path), required=False)
 def scrape(path: Path | None) -> None:
     """Scrape every target once and print what was read (nothing is stored)."""
+    import asyncio
+
     from perf_pipelines.collection.collector import ScrapeLimits, collect
     from perf_pipelines.formatting import format_value
 

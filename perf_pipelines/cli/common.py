@@ -8,15 +8,18 @@ from typing import TYPE_CHECKING
 
 import click
 
-from perf_pipelines.logs import configure_logging
-from perf_pipelines.settings import Settings, SettingsError, load_settings
-
 if TYPE_CHECKING:
+    from perf_pipelines.settings import Settings
     from perf_pipelines.targets import Target
 
 
 def settings_or_exit() -> Settings:
     """Load settings and set up JSON logging, or exit with the configuration problem."""
+    # Imported here, not at the top: `--help` of every command loads this module and must not
+    # pay for pydantic-settings.
+    from perf_pipelines.logs import configure_logging
+    from perf_pipelines.settings import SettingsError, load_settings
+
     try:
         settings = load_settings()
     except SettingsError as exc:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from perf_pipelines.settings import Settings
-from perf_pipelines.sources.promapi import PrometheusConfig, PrometheusError
+if TYPE_CHECKING:
+    from perf_pipelines.settings import Settings
+    from perf_pipelines.sources.promapi import PrometheusConfig
 
 
 def _config(settings: Settings) -> PrometheusConfig:
+    from perf_pipelines.sources.promapi import PrometheusConfig
+
     if not settings.prometheus_url:
         click.echo("error: set PROMETHEUS_URL to the Prometheus server's base URL", err=True)
         sys.exit(2)
@@ -63,6 +67,7 @@ def prometheus() -> None:
 def discover_command(write_targets: Path | None, lookback_minutes: float) -> None:
     """List the inference servers Prometheus scrapes, with their engine and model."""
     from perf_pipelines.sources.discovery import as_targets, discover
+    from perf_pipelines.sources.promapi import PrometheusError
     from perf_pipelines.targets import TargetsError, dump_targets, load_targets
 
     config = _config(_settings())

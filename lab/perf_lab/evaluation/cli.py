@@ -10,10 +10,6 @@ from pathlib import Path
 
 import click
 
-from perf_lab.evaluation.harness import QUICK, EvaluationConfig
-from perf_lab.evaluation.report import to_markdown
-from perf_lab.evaluation.scoring import TUNING_SEED, evaluate_sets, summaries
-
 DEFAULT_SERVERS = 40
 QUICK_SERVERS = 4
 
@@ -33,7 +29,11 @@ def fresh_seed() -> int:
     type=int,
     help="Seed of the report set (default: fresh from os.urandom, printed in the report).",
 )
-@click.option("--tuning-seed", type=int, default=TUNING_SEED, show_default=True)
+@click.option(
+    "--tuning-seed",
+    type=int,
+    help="Seed of the tuning set (default: the fixed seed the rules may be tuned on).",
+)
 @click.option("--quick", is_flag=True, help="A handful of servers, short windows, coarse grid.")
 @click.option(
     "--output",
@@ -50,7 +50,7 @@ def fresh_seed() -> int:
 def evaluate_command(
     servers: int | None,
     report_seed: int | None,
-    tuning_seed: int,
+    tuning_seed: int | None,
     quick: bool,
     output: Path | None,
     iterations: int,
@@ -59,6 +59,14 @@ def evaluate_command(
 ) -> None:
     """Generate a tuning and a report fleet, run the agent's closed loop on every server and
     compare it with engine defaults, Optuna TPE and a grid-search oracle."""
+    # Imported here: `perf-pipelines --help` lists this command and must not load the closed
+    # loop (pandas, SQLAlchemy, Optuna) to do so.
+    from perf_lab.evaluation.harness import QUICK, EvaluationConfig
+    from perf_lab.evaluation.report import to_markdown
+    from perf_lab.evaluation.scoring import TUNING_SEED, evaluate_sets, summaries
+
+    if tuning_seed is None:
+        tuning_seed = TUNING_SEED
     config = replace(
         QUICK if quick else EvaluationConfig(), max_iterations=iterations, workers=workers
     )

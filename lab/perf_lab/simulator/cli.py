@@ -7,13 +7,8 @@ import time
 from pathlib import Path
 
 import click
-import yaml
 
-from perf_lab.simulator.fleet import Fleet
-from perf_lab.simulator.http import make_server
-from perf_lab.simulator.scenarios import SCENARIOS, load_fleet_file, scale, targets_for
-from perf_pipelines.settings import is_wildcard_address
-from perf_pipelines.targets import is_loopback_host
+from perf_lab.simulator.scenarios import SCENARIOS
 
 
 @click.command("fleet")
@@ -53,6 +48,16 @@ def fleet(
     tick: float | None,
 ) -> None:
     """Serve simulated vLLM/SGLang/TGI/llama.cpp servers at http://HOST:PORT/<name>/metrics."""
+    # Imported here: `perf-pipelines --help` lists this command and must not load the HTTP
+    # server (uvicorn) or the product's settings (pydantic-settings) to do so.
+    import yaml
+
+    from perf_lab.simulator.fleet import Fleet
+    from perf_lab.simulator.http import make_server
+    from perf_lab.simulator.scenarios import load_fleet_file, scale, targets_for
+    from perf_pipelines.settings import is_wildcard_address
+    from perf_pipelines.targets import is_loopback_host
+
     if not is_loopback_host(host):
         click.echo(
             f"warning: the simulator's control API has no authentication; binding {host}", err=True
