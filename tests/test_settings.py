@@ -68,6 +68,9 @@ def test_dotenv_file_is_supported(tmp_path: Path) -> None:
         ("LOG_LEVEL", "LOUD"),
         ("ORCHESTRATOR_HEARTBEAT_ENDPOINT", "no-leading-slash"),
         ("OPTIMIZATION_CYCLE_CRON", "every five minutes"),
+        ("HEALTH_CHECK_CRON", "61 * * * *"),
+        ("RETENTION_CRON", "0 3 * * * 5"),  # six fields: croniter reads seconds, Dagster does not
+        ("RETENTION_CRON", "0 3 30 2 *"),  # never fires
         ("SIDECAR_URL", "sidecar:8002"),
     ],
 )

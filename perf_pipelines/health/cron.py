@@ -2,8 +2,13 @@
 is overdue.
 
 The health checks call a scheduled job stale when its newest run is older than about two such
-gaps: the job for the optimization cycle, the sidecar for `health_check` itself. That needs no
-full cron engine, only the set of firing minutes over one week (or a year for monthly patterns).
+gaps: the job for the optimization cycle, the sidecar for `health_check` itself.
+
+croniter (the library Dagster's scheduler is built on, which Dagster vendors) reads the
+expression. A cron expression is a cross product of the firing days and the firing times of a
+day (schedules run in UTC, no daylight-saving shifts), so the longest gap is found from two
+short iterations instead of every firing over years: the times of one day (at most 1,440) and
+the days over four years and two months (at most ~1,500, enough for a 29 February rule).
 """
 
 from __future__ import annotations
@@ -11,93 +16,43 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
-_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
-_DAYS = {
-    name: number for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
-}
-# (low, high, names) for minute, hour, day of month, month, day of week
-_FIELDS: tuple[tuple[int, int, dict[str, int]], ...] = (
-    (0, 59, {}),
-    (0, 23, {}),
-    (1, 31, {}),
-    (1, 12, _MONTHS),
-    (0, 7, _DAYS),
-)
-_WINDOW_DAYS = 8
-_SCAN_DAYS = 400
+from croniter import CroniterError, croniter
+
+_START = datetime(2024, 1, 1, tzinfo=UTC)  # a leap year: 29 February is in the scan
+_DAYS_END = datetime(2028, 3, 1, tzinfo=UTC)  # past the next 29 February
 STALE_GAPS = 2  # a run may be missed once
 STALE_GRACE_S = 120.0  # the daemon's loop and the run's own duration
 STALE_FALLBACK_S = 3600.0  # when the expression cannot be read
 
 
-def _value(text: str, names: dict[str, int]) -> int:
-    return names[text.lower()] if text.lower() in names else int(text)
-
-
-def _parse_field(text: str, low: int, high: int, names: dict[str, int]) -> set[int]:
-    values: set[int] = set()
-    for part in text.split(","):
-        spec, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if step < 1:
-            raise ValueError(f"bad step in {part!r}")
-        if spec in ("*", "?"):
-            start, end = low, high
-        elif "-" in spec:
-            first, last = spec.split("-", 1)
-            start, end = _value(first, names), _value(last, names)
-        else:
-            start = _value(spec, names)
-            end = high if step_text else start
-        if not (low <= start <= high and low <= end <= high and start <= end):
-            raise ValueError(f"{part!r} is outside {low}-{high}")
-        values.update(range(start, end + 1, step))
-    return values
+def _firings(expression: str, end: datetime) -> list[datetime]:
+    """Every firing of `expression` from _START (included) up to `end` (excluded)."""
+    iterator = croniter(expression, _START - timedelta(seconds=1))
+    firings: list[datetime] = []
+    while (moment := iterator.get_next(datetime)) < end:
+        firings.append(moment)
+    return firings
 
 
 def max_gap_seconds(cron: str) -> float | None:
-    """The longest wait between consecutive firings, or None when `cron` cannot be read."""
+    """The longest wait between consecutive firings, or None when `cron` cannot be read or
+    fires fewer than twice in four years."""
     fields = cron.split()
-    if len(fields) != 5:
+    if len(fields) != 5 or not croniter.is_valid(cron):
         return None
+    minute, hour, day, month, weekday = fields
     try:
-        minutes, hours, days, months, weekdays = (
-            _parse_field(text, low, high, names)
-            for text, (low, high, names) in zip(fields, _FIELDS, strict=True)
-        )
-    except (ValueError, KeyError):
+        times = _firings(f"{minute} {hour} * * *", _START + timedelta(days=1))
+        days = _firings(f"0 0 {day} {month} {weekday}", _DAYS_END)
+    except CroniterError:  # no firing at all, e.g. 30 February
         return None
-    weekdays = {7 if d == 0 else d for d in weekdays} | {0 if d == 7 else d for d in weekdays}
-    days_restricted, weekdays_restricted = fields[2] not in ("*", "?"), fields[4] not in ("*", "?")
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    matching: list[datetime] = []
-    for offset in range(_SCAN_DAYS):
-        day = start + timedelta(days=offset)
-        if day.month not in months:
-            continue
-        cron_weekday = (day.weekday() + 1) % 7  # cron: 0 = Sunday
-        day_ok, weekday_ok = day.day in days, cron_weekday in weekdays
-        # Standard cron: when both day fields are restricted, either one matching is enough.
-        if days_restricted and weekdays_restricted:
-            matches = day_ok or weekday_ok
-        else:
-            matches = day_ok and weekday_ok
-        if matches:
-            matching.append(day)
-    per_day = len(hours) * len(minutes)
-    # A week and a day covers every daily and weekly pattern and its wrap-around; monthly and
-    # yearly patterns need the whole scan (they fire on few days, so it stays small).
-    week = [day for day in matching if day < start + timedelta(days=_WINDOW_DAYS)]
-    firings = [
-        day.replace(hour=h, minute=m)
-        for day in (week if len(week) * per_day >= 2 else matching)
-        for h in sorted(hours)
-        for m in sorted(minutes)
-    ]
-    if len(firings) < 2:
+    if not times or not days or len(times) * len(days) < 2:
         return None
-    return max((b - a).total_seconds() for a, b in pairwise(firings))
+    # Within a firing day; then from a day's last firing to the next firing day's first one.
+    offsets = [moment - _START for moment in times]
+    gaps = [b - a for a, b in pairwise(offsets)]
+    gaps += [(b - a) - (offsets[-1] - offsets[0]) for a, b in pairwise(days)]
+    return max(gaps).total_seconds()
 
 
 def stale_after_seconds(cron: str) -> float:

@@ -20,6 +20,9 @@ from perf_pipelines.health.cron import max_gap_seconds, stale_after_seconds
         ("0 0 1 * *", 31 * 86400),
         ("0 0 1 * mon", 7 * 86400),  # both day fields restricted: either one fires
         ("0-30/15 */6 * JAN-DEC *", 6 * 3600 - 30 * 60),
+        ("5-1 * * * *", 240),  # croniter (and so Dagster) reads a reversed range as wrapping
+        ("0 0 * 1-6 *", 185 * 86400),  # 30 June to 1 January
+        ("0 0 29 2 *", 1461 * 86400),  # leap days only
     ],
 )
 def test_longest_gap(cron: str, gap: int) -> None:
@@ -27,7 +30,7 @@ def test_longest_gap(cron: str, gap: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "cron", ["", "* * * *", "61 * * * *", "*/0 * * * *", "x * * * *", "5-1 * * * *"]
+    "cron", ["", "* * * *", "61 * * * *", "*/0 * * * *", "x * * * *", "0 0 * * * 5", "0 0 30 2 *"]
 )
 def test_unreadable_expressions(cron: str) -> None:
     assert max_gap_seconds(cron) is None
