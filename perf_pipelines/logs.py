@@ -112,5 +112,7 @@ def configure_logging(
     handler._perf_pipelines = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
-    # httpx logs full request lines at INFO; they are noise at the agent's scale.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # httpx logs full request lines at INFO, and Alembic one line per plugin it sets up at
+    # every migration: noise at the agent's scale, and around a CLI's one-line error.
+    for noisy in ("httpx", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -116,7 +116,7 @@ def test_bad_configuration_stops_the_cli_with_the_variable_named(tmp_path: Path)
     result = subprocess.run(
         [BIN / "perf-pipelines", "db", "current"], env=env, capture_output=True, text=True
     )
-    assert result.returncode == 2
+    assert result.returncode == 3, result.stderr  # ExitCode.CONFIGURATION
     assert "SCRAPE_TIMEOUT_S" in result.stderr
 
 

@@ -7,6 +7,7 @@ the simulator's or Dagster's imports at start-up.
 from __future__ import annotations
 
 import importlib
+import logging
 from functools import cache
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -14,7 +15,13 @@ from pathlib import Path
 import click
 
 from perf_pipelines import __version__
-from perf_pipelines.cli.common import settings_or_exit, targets_or_exit
+from perf_pipelines.cli.common import (
+    ExitCode,
+    database_or_exit,
+    fail,
+    settings_or_exit,
+    targets_or_exit,
+)
 
 # name -> "module:attribute" of a click command in this package
 _LAZY_COMMANDS: dict[str, str] = {
@@ -45,6 +52,21 @@ class _LazyGroup(click.Group):
         assert isinstance(command, click.Command)
         return command
 
+    def invoke(self, ctx: click.Context) -> object:
+        """An error no command foresaw is still one line; LOG_LEVEL=DEBUG logs its traceback."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            logging.getLogger("perf_pipelines.cli").debug("unexpected error", exc_info=True)
+            first = str(exc).strip().splitlines()
+            fail(
+                f"{type(exc).__name__}: {first[0] if first else 'no message'} "
+                "(LOG_LEVEL=DEBUG logs the traceback)",
+                ExitCode.ERROR,
+            )
+
 
 @click.group(cls=_LazyGroup)
 @click.version_option(__version__, prog_name="perf-pipelines")
@@ -70,8 +92,9 @@ def db_current() -> None:
     from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine, current_revision
 
     settings = settings_or_exit()
-    engine = create_db_engine(settings.resolved_database_url)
-    click.echo(f"current: {current_revision(engine)}  head: {HEAD_REVISION}")
+    with database_or_exit(settings.resolved_database_url):
+        engine = create_db_engine(settings.resolved_database_url)
+        click.echo(f"current: {current_revision(engine)}  head: {HEAD_REVISION}")
 
 
 @db.command("downgrade")
@@ -85,10 +108,11 @@ def _migrate(direction: str, revision: str) -> None:
     from perf_pipelines.storage import db as storage_db
 
     settings = settings_or_exit()
-    engine = storage_db.create_db_engine(settings.resolved_database_url)
-    move = storage_db.upgrade if direction == "upgrade" else storage_db.downgrade
-    move(engine, revision)
-    click.echo(f"database at revision {storage_db.current_revision(engine)}")
+    with database_or_exit(settings.resolved_database_url):
+        engine = storage_db.create_db_engine(settings.resolved_database_url)
+        move = storage_db.upgrade if direction == "upgrade" else storage_db.downgrade
+        move(engine, revision)
+        click.echo(f"database at revision {storage_db.current_revision(engine)}")
 
 
 @main.command("validate-targets")
@@ -127,3 +151,5 @@ def scrape(path: Path | None) -> None:
                 f"waiting={format_value(snap.requests_waiting, 0)} "
                 f"kv={format_value(snap.kv_cache_usage)} ({result.scrape_ms:.0f} ms)"
             )
+    if not any(result.up for result in results):
+        fail(f"all {len(results)} target(s) down (reasons above)", ExitCode.ALL_TARGETS_DOWN)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+
+from perf_pipelines.cli.common import ExitCode, fail
 
 if TYPE_CHECKING:
     from perf_pipelines.settings import Settings
@@ -18,8 +19,7 @@ def _config(settings: Settings) -> PrometheusConfig:
     from perf_pipelines.sources.promapi import PrometheusConfig
 
     if not settings.prometheus_url:
-        click.echo("error: set PROMETHEUS_URL to the Prometheus server's base URL", err=True)
-        sys.exit(2)
+        fail("set PROMETHEUS_URL to the Prometheus server's base URL", ExitCode.CONFIGURATION)
     return PrometheusConfig(
         url=settings.prometheus_url,
         token=settings.prometheus_token.get_secret_value() if settings.prometheus_token else None,
@@ -74,8 +74,7 @@ def discover_command(write_targets: Path | None, lookback_minutes: float) -> Non
     try:
         servers = asyncio.run(discover(config, lookback_minutes * 60))
     except PrometheusError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        fail(str(exc), ExitCode.UNREACHABLE)
     if not servers:
         click.echo("no vLLM, SGLang, TGI or llama.cpp series found in Prometheus")
     for server in servers:
@@ -92,8 +91,7 @@ def discover_command(write_targets: Path | None, lookback_minutes: float) -> Non
             write_targets.write_text(dump_targets(targets), encoding="utf-8")
             load_targets(write_targets)  # what the agent will read must be valid
         except (TargetsError, OSError) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
+            fail(str(exc), ExitCode.ERROR)
         click.echo(f"targets file: {write_targets} ({len(targets)} target(s))")
 
 
@@ -115,23 +113,24 @@ def discover_command(write_targets: Path | None, lookback_minutes: float) -> Non
 def backfill_command(path: Path | None, minutes: float | None, step_s: float | None) -> None:
     """Load history from Prometheus into metric_snapshots for every target (default
     PERF_TARGETS), up to each target's oldest stored row. Re-running adds nothing."""
-    from perf_pipelines.cli.common import targets_or_exit
+    from perf_pipelines.cli.common import database_or_exit, targets_or_exit
     from perf_pipelines.sources.cycle import backfill
     from perf_pipelines.storage.db import create_db_engine, ensure_schema
 
     settings = _settings()
     config = _config(settings)
     _, targets = targets_or_exit(path, settings)
-    engine = create_db_engine(settings.resolved_database_url)
-    ensure_schema(engine)
-    outcome = backfill(
-        engine,
-        config,
-        targets,
-        minutes=minutes if minutes is not None else settings.prometheus_backfill_minutes,
-        step_s=step_s if step_s is not None else settings.prometheus_backfill_step_s,
-    )
-    engine.dispose()
+    with database_or_exit(settings.resolved_database_url):
+        engine = create_db_engine(settings.resolved_database_url)
+        ensure_schema(engine)
+        outcome = backfill(
+            engine,
+            config,
+            targets,
+            minutes=minutes if minutes is not None else settings.prometheus_backfill_minutes,
+            step_s=step_s if step_s is not None else settings.prometheus_backfill_step_s,
+        )
+        engine.dispose()
     for target in targets:
         error = outcome.errors.get(target.name)
         notes = "; ".join(outcome.warnings.get(target.name, []))
@@ -139,4 +138,4 @@ def backfill_command(path: Path | None, minutes: float | None, step_s: float | N
         click.echo(f"{target.name:<32} {status}" + (f" ({notes})" if notes else ""))
     click.echo(f"{outcome.inserted} new rows stored")
     if outcome.errors and len(outcome.errors) == len(targets):
-        sys.exit(1)
+        fail(f"no history read for any of the {len(targets)} target(s)", ExitCode.UNREACHABLE)

@@ -84,7 +84,7 @@ def test_discover_reports_an_unreachable_prometheus(tmp_path: Path) -> None:
             "LOG_LEVEL": "WARNING",
         },
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 4, result.output  # ExitCode.UNREACHABLE
     assert "cannot reach Prometheus" in result.output
 
 
