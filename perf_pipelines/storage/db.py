@@ -8,6 +8,8 @@ HEAD_REVISION (every sidecar start but the first, every Dagster run) never loads
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,10 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0002"
 # An arbitrary constant: serialises concurrent `upgrade` calls from several processes on PostgreSQL.
 _PG_MIGRATION_LOCK_KEY = 7_242_011_355
+_SQLITE_BUSY_TIMEOUT_MS = 15_000
+# How long a second migrating process waits for the first one's SQLite write lock: a migration
+# that rebuilds a big table (batch mode copies it) takes far longer than a run's write.
+_SQLITE_MIGRATION_WAIT_MS = 600_000
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -30,7 +36,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the sidecar read while a run writes; busy_timeout waits out a short lock instead of
     # failing the run at once.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=15000")
+    cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -83,21 +89,54 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to `revision`; safe to call from several processes at once."""
-    with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY}
-            )
-        from alembic import command
+    from alembic import command
 
+    with _migration_connection(engine) as connection:
         command.upgrade(_alembic_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
-    with engine.begin() as connection:
+    with _migration_connection(engine) as connection:
         command.downgrade(_alembic_config(connection), revision)
+
+
+@contextmanager
+def _migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction that holds the database's migration lock until commit.
+
+    Alembic reads alembic_version inside this transaction, after the lock is taken, so the
+    second of two processes finds the first one's work done and applies nothing.
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Transaction-scoped: released by the commit or rollback, also if the process dies.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY}
+                )
+            yield connection
+        return
+    # SQLite: the database's own write lock (BEGIN IMMEDIATE), not a lock file beside it. It
+    # covers every connection to the file, whatever opened it, and it makes the migration one
+    # transaction: SQLite's DDL is transactional, so a failure or a killed process leaves the
+    # schema as it was, never half made. pysqlite does not BEGIN before DDL by itself (each
+    # CREATE TABLE committed alone, which let two processes both create the first table), so
+    # the driver's own transaction handling is off (AUTOCOMMIT) and the BEGIN/COMMIT are ours.
+    with engine.connect() as connection:
+        connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_MIGRATION_WAIT_MS}")
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+        finally:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
 
 
 _checked: set[str] = set()
