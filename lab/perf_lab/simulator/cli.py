@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -55,6 +57,7 @@ def fleet(
     from perf_lab.simulator.fleet import Fleet
     from perf_lab.simulator.http import make_server
     from perf_lab.simulator.scenarios import load_fleet_file, scale, targets_for
+    from perf_pipelines.cli.common import ExitCode, fail
     from perf_pipelines.settings import is_wildcard_address
     from perf_pipelines.targets import is_loopback_host
 
@@ -62,6 +65,22 @@ def fleet(
         click.echo(
             f"warning: the simulator's control API has no authentication; binding {host}", err=True
         )
+    # Bound before anything is written: a targets file must never point at a port that
+    # another program answers on.
+    try:
+        listener = socket.create_server(
+            (host.strip("[]"), port),
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            backlog=4096,
+        )
+    except OSError as exc:
+        fail(
+            f"cannot listen on {host}:{port} ({os.strerror(exc.errno) if exc.errno else exc}): "
+            "another program has it; "
+            "choose another with --port (FLEET_PORT for scripts/demo.sh)",
+            ExitCode.CONFIGURATION,
+        )
+    port = listener.getsockname()[1]
     if fleet_file is not None:
         specs = load_fleet_file(fleet_file)
     elif scenario == "scale":
@@ -80,10 +99,13 @@ def fleet(
     base_url = f"http://{'127.0.0.1' if is_wildcard_address(host) else host}:{port}"
     if write_targets is not None:
         write_targets.parent.mkdir(parents=True, exist_ok=True)
-        write_targets.write_text(yaml.safe_dump(targets_for(specs, base_url), sort_keys=False))
+        # Written whole or not at all: a reader never sees half a file.
+        partial = write_targets.with_name(f".{write_targets.name}.partial")
+        partial.write_text(yaml.safe_dump(targets_for(specs, base_url), sort_keys=False))
+        partial.replace(write_targets)
         click.echo(f"targets file: {write_targets}")
     click.echo(f"{len(specs)} simulated servers on {base_url}/<name>/metrics")
     click.echo(f"control API: {base_url}/control/servers")
     server = make_server(simulated, host, port)
-    server.run()
+    server.run(sockets=[listener])
     sys.exit(0)

@@ -13,6 +13,7 @@ Control API (loopback only, JSON):
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +27,7 @@ from perf_pipelines.serving import serve_in_thread
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+SERVICE = "perf-lab fleet simulator"
 _MAX_BODY = 64 * 1024
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 
@@ -65,7 +67,15 @@ class FleetApp:
             if method == "GET" and not parts:
                 names = sorted(self.fleet.servers)
                 return _json(
-                    200, {"servers": len(names), "metrics": [f"/{n}/metrics" for n in names[:50]]}
+                    200,
+                    {
+                        # Who answers: scripts/demo.sh checks that the port it scrapes is the
+                        # simulator it started, not another program on the same port.
+                        "service": SERVICE,
+                        "pid": os.getpid(),
+                        "servers": len(names),
+                        "metrics": [f"/{n}/metrics" for n in names[:50]],
+                    },
                 )
             return _json(404, {"error": "not found"})
         except UnknownServerError as exc:
