@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from perf_pipelines.logs import redact_and_clip
+
 
 def _cell(value: object) -> str:
     # A pipe or newline inside a cell would break the table layout in the UI.
-    return str(value).replace("|", "\\|").replace("\n", " ")[:200]
+    return redact_and_clip(str(value).replace("|", "\\|").replace("\n", " "), 200)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

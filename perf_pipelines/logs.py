@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,30 @@ class SecretRedactor:
 
 
 REDACT = SecretRedactor()
+
+
+def redact_and_clip(
+    text: str,
+    limit: int,
+    *redactors: Callable[[str], str],
+    first_line: bool = False,
+    ellipsis: str = "",
+) -> str:
+    """`text` with its secrets replaced, then cut to `limit` characters: in that order.
+
+    Every message that is shortened goes through here. Cut first, a secret split by the cut
+    escapes both ways of finding it: the piece left no longer equals the known token, and a URL
+    cut before its `@` no longer looks like userinfo. `redactors` (e.g. a client's own token)
+    run before the process-wide REDACT; `first_line` keeps the first line of the redacted text
+    (a secret split over two lines is matched whole first); `ellipsis` marks a cut.
+    """
+    chain: list[Callable[[str], str]] = [*redactors, REDACT]
+    for redactor in chain:
+        text = redactor(text)
+    if first_line:
+        lines = text.strip().splitlines()
+        text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit] + ellipsis
 
 
 class JsonFormatter(logging.Formatter):

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from perf_pipelines.logs import SecretRedactor, redact_and_clip
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
@@ -28,6 +30,8 @@ def _migrate_in_background(engine: Engine) -> threading.Thread:
     """Bring the schema to head without delaying start-up or failing it (liveness first)."""
     from perf_pipelines.storage.db import ensure_schema
 
+    password = engine.url.password
+
     def run() -> None:
         try:
             ensure_schema(engine)
@@ -36,7 +40,7 @@ def _migrate_in_background(engine: Engine) -> threading.Thread:
                 "schema not brought to head at start-up (%s: %s); the detailed health shows "
                 "the database's state; `perf-pipelines db upgrade` applies the migrations",
                 type(exc).__name__,
-                str(exc)[:240],
+                redact_and_clip(str(exc), 240, SecretRedactor([password] if password else [])),
             )
 
     thread = threading.Thread(target=run, name="sidecar-migrate", daemon=True)

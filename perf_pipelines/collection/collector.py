@@ -20,7 +20,7 @@ import httpx
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
 from perf_pipelines.engines.exposition import ExpositionError
-from perf_pipelines.logs import REDACT
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.targets import Target
 
 USER_AGENT = "perf_pipelines/collector"
@@ -121,7 +121,7 @@ def _describe(exc: BaseException, timeout_s: float) -> str:
 
 def _error_text(exc: BaseException, timeout_s: float) -> str:
     # Error texts are stored and shown in the UI: keep them short and free of secrets.
-    return REDACT(_describe(exc, timeout_s))[:500]
+    return redact_and_clip(_describe(exc, timeout_s), 500)
 
 
 async def scrape_target(

@@ -45,6 +45,7 @@ from perf_pipelines.health import (
     stale_after_seconds,
     write_health,
 )
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.storage.db import HEAD_REVISION
 from perf_pipelines.targets import TargetsError
 
@@ -137,7 +138,7 @@ def agent_health(
     try:
         configured = len(targets.load())
     except TargetsError as exc:
-        config_error = str(exc)[:300]
+        config_error = redact_and_clip(str(exc), 300)
     components = database_components(
         read_database(engine, agent.agent_id),
         HEAD_REVISION,

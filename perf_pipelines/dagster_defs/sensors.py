@@ -24,7 +24,7 @@ from dagster import (
 
 from perf_pipelines import __version__
 from perf_pipelines.dagster_defs.resources import AgentResource, DatabaseResource, TargetsResource
-from perf_pipelines.logs import REDACT, SecretRedactor
+from perf_pipelines.logs import SecretRedactor, redact_and_clip
 from perf_pipelines.orchestrator.client import OrchestratorClient
 from perf_pipelines.orchestrator.events import insert_events
 from perf_pipelines.orchestrator.heartbeat import (
@@ -45,7 +45,7 @@ def _redactor(agent: AgentResource) -> SecretRedactor:
 
 
 def _short_error(exc: BaseException, redact: SecretRedactor) -> str:
-    return REDACT(redact(f"{type(exc).__name__}: {exc}".splitlines()[0]))[:300]
+    return redact_and_clip(f"{type(exc).__name__}: {exc}", 300, redact, first_line=True)
 
 
 def _config(agent: AgentResource) -> HeartbeatConfig:
@@ -73,7 +73,7 @@ def _metadata(agent: AgentResource, targets: TargetsResource) -> dict[str, Any]:
     try:
         target_list = targets.load()
     except TargetsError as exc:
-        metadata["targets_error"] = str(exc)[:300]
+        metadata["targets_error"] = redact_and_clip(str(exc), 300)
     else:
         metadata["targets"] = len(target_list)
         metadata["engines"] = dict(

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
+from perf_pipelines.logs import redact_and_clip
+
 __all__ = ["ExpositionError", "MetricFamily", "Sample", "parse_exposition"]
 
 
@@ -92,7 +94,7 @@ def _unescape(value: str) -> str:
 
 
 def _snippet(line: str) -> str:
-    return line if len(line) <= _ERROR_SNIPPET else line[:_ERROR_SNIPPET] + "…"
+    return redact_and_clip(line, _ERROR_SNIPPET, ellipsis="…")
 
 
 class _Types:

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, insert, select, text
 
-from perf_pipelines.logs import REDACT, SecretRedactor
+from perf_pipelines.logs import SecretRedactor, redact_and_clip
 from perf_pipelines.orchestrator.events import OrchestratorStatus, orchestrator_status
 from perf_pipelines.storage.db import schema_revision
 from perf_pipelines.storage.schema import agent_health
@@ -52,10 +52,10 @@ class ComponentHealth:
 def describe_error(exc: BaseException, *secrets: str | None) -> str:
     """`Type: first line of the message`, with `secrets` and secret-looking text removed."""
     redact = SecretRedactor([s for s in secrets if s])
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return REDACT(redact(f"{type(exc).__name__}: {message}" if message else type(exc).__name__))[
-        :_ERROR_MAX
-    ]
+    message = redact_and_clip(str(exc), _ERROR_MAX, redact, first_line=True)
+    return redact_and_clip(
+        f"{type(exc).__name__}: {message}" if message else type(exc).__name__, _ERROR_MAX
+    )
 
 
 def _age_s(then: datetime | None, now: datetime) -> float | None:
@@ -328,7 +328,7 @@ def check_orchestrator(
         reason = status.last_error or f"HTTP {status.last_status_code}"
         return ComponentHealth(
             "down",
-            f"last {status.last_kind} failed ({REDACT(' '.join(reason.split()))[:160]}); "
+            f"last {status.last_kind} failed ({redact_and_clip(' '.join(reason.split()), 160)}); "
             f"{status.consecutive_failures} consecutive failure(s)",
             data=data,
         )

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from perf_pipelines import __version__
-from perf_pipelines.logs import REDACT, SecretRedactor
+from perf_pipelines.logs import SecretRedactor, redact_and_clip
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
@@ -93,7 +93,7 @@ class OrchestratorClient:
         self._client.close()
 
     def redact(self, text: str) -> str:
-        return REDACT(self._redact(text))[:_ERROR_MAX]
+        return redact_and_clip(text, _ERROR_MAX, self._redact)
 
     def post_json(self, kind: str, path: str, payload: dict[str, Any]) -> Attempt:
         started_at = datetime.now(UTC)
@@ -159,7 +159,11 @@ class OrchestratorClient:
             text += ": unknown agent or wrong endpoint"
         elif status_code in (401, 403):
             text += ": check ORCHESTRATOR_TOKEN"
-        snippet = body[:_ERROR_SNIPPET].decode("utf-8", "replace").strip()
+        # The whole body (at most max_response_bytes) is redacted before the snippet is cut from
+        # it: a token the orchestrator echoes across the cut would otherwise keep its first part.
+        snippet = redact_and_clip(
+            body.decode("utf-8", "replace").strip(), _ERROR_SNIPPET, self._redact
+        )
         return f"{text} ({snippet})" if snippet else text
 
 

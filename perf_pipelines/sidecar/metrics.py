@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.storage.schema import RECOMMENDATION_OUTCOMES, SEVERITIES
 from perf_pipelines.storage.summary import FleetSummary
 
@@ -62,7 +63,9 @@ class FleetCollector(Collector):
             summary = self._read_summary()
         except Exception as exc:
             log.warning(
-                "metrics: database not readable: %s: %s", type(exc).__name__, str(exc)[:240]
+                "metrics: database not readable: %s: %s",
+                type(exc).__name__,
+                redact_and_clip(str(exc), 240),
             )
             summary = None
         query_s = time.perf_counter() - started

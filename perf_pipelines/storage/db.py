@@ -25,10 +25,6 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0002"
 # An arbitrary constant: serialises concurrent `upgrade` calls from several processes on PostgreSQL.
 _PG_MIGRATION_LOCK_KEY = 7_242_011_355
-_SQLITE_BUSY_TIMEOUT_MS = 15_000
-# How long a second migrating process waits for the first one's SQLite write lock: a migration
-# that rebuilds a big table (batch mode copies it) takes far longer than a run's write.
-_SQLITE_MIGRATION_WAIT_MS = 600_000
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -36,7 +32,7 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the sidecar read while a run writes; busy_timeout waits out a short lock instead of
     # failing the run at once.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA busy_timeout=15000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -126,7 +122,10 @@ def _migration_connection(engine: Engine) -> Iterator[Connection]:
     # the driver's own transaction handling is off (AUTOCOMMIT) and the BEGIN/COMMIT are ours.
     with engine.connect() as connection:
         connection = connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_MIGRATION_WAIT_MS}")
+        # How long a second migrating process waits for the first one's lock (10 min, not the
+        # 15 s of a run's writes): a migration that rebuilds a big table (batch mode copies it)
+        # takes far longer than a run's write.
+        connection.exec_driver_sql("PRAGMA busy_timeout=600000")
         try:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             try:
@@ -136,7 +135,7 @@ def _migration_connection(engine: Engine) -> Iterator[Connection]:
                 raise
             connection.exec_driver_sql("COMMIT")
         finally:
-            connection.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+            connection.exec_driver_sql("PRAGMA busy_timeout=15000")
 
 
 _checked: set[str] = set()

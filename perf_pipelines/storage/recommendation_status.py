@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Table, select, update
 
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.storage.schema import RECOMMENDATION_STATUSES, tuning_recommendations
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def set_status(
                 "target": row.target,
                 "parameter": row.parameter,
                 "status": status,
-                "note": (note or "")[:500],
+                "note": redact_and_clip(note or "", 500),
             },
         )
     return dict(row)

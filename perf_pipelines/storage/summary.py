@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Table, and_, case, func, select
 
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.storage.schema import (
     bottleneck_reports,
     metric_snapshots,
@@ -63,7 +64,7 @@ def fleet_summary(connection: Connection) -> FleetSummary:
             .where(and_(snapshots.c.run_id == collection_run, snapshots.c.up.is_(False)))
             .group_by(snapshots.c.error)
         ):
-            key = (error or "unknown")[:80]
+            key = redact_and_clip(error or "unknown", 80)
             errors[key] = errors.get(key, 0) + count
     analysis_run = _latest_run(connection, bottleneck_reports, "created_at")
     critical = 0
