@@ -1,4 +1,9 @@
-"""The Dagster code location: `dagster dev -m perf_pipelines.definitions`."""
+"""The Dagster code location `perf_pipelines`: `dagster dev -m perf_pipelines.definitions`,
+`dg dev`, or workspace.yaml.
+
+Secrets reach the resources only as `EnvVar`: Dagster then stores the variable's name in run
+snapshots and shows it in the UI, never the value.
+"""
 
 from __future__ import annotations
 
@@ -43,17 +48,34 @@ from perf_pipelines.dagster_defs.snapshots import (
 from perf_pipelines.settings import Settings, load_settings
 
 
-def _secret(variable: str, value: SecretStr | None) -> Any:
-    """EnvVar keeps a secret out of the config shown in the Dagster UI; it only resolves from the
-    process environment, so a secret that came from `.env` is passed as its value."""
-    if value is None:
+def _secret(variable: str, value: SecretStr | str | None) -> Any:
+    """The secret as `EnvVar(variable)`, whatever its source (the environment, `.env`, an
+    override): Dagster resolves an EnvVar when the run starts, and writes only the variable's name
+    into the run's snapshot, the config shown in the UI and the event log.
+
+    EnvVar resolves from the process environment only, and pydantic-settings reads `.env` without
+    setting it there, so the value the settings resolved is exported into this process's
+    environment. A run worker imports this module again (and so exports again); a subprocess
+    started from here inherits it.
+    """
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if not text:
         return None
-    return EnvVar(variable) if os.environ.get(variable) else value.get_secret_value()
+    os.environ[variable] = text
+    return EnvVar(variable)
+
+
+def _database_url(settings: Settings) -> Any:
+    """DATABASE_URL carries the database's password: an EnvVar, like the other secrets. The
+    default (a SQLite file under PERF_HOME) holds none and is passed as it is."""
+    if settings.database_url:
+        return _secret("DATABASE_URL", settings.database_url)
+    return settings.resolved_database_url
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
     return {
-        "database": DatabaseResource(url=settings.resolved_database_url),
+        "database": DatabaseResource(url=_database_url(settings)),
         "targets": TargetsResource(
             path=str(settings.perf_targets) if settings.perf_targets else None
         ),
@@ -88,7 +110,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             orchestrator_heartbeat_interval=settings.orchestrator_heartbeat_interval,
             orchestrator_token=_secret("ORCHESTRATOR_TOKEN", settings.orchestrator_token),
             sidecar_url=settings.advertised_sidecar_url,
-            redis_url=settings.redis_url,
+            redis_url=_secret("REDIS_URL", settings.redis_url),  # redis://:password@host
         ),
         "retention": RetentionResource(days=settings.retention_days),
         "health": HealthResource(optimization_cycle_cron=settings.optimization_cycle_cron),

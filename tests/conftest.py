@@ -25,6 +25,17 @@ def _postgres_admin_url() -> str | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored() -> Iterator[None]:
+    """The code location exports the secrets it read into os.environ (Dagster's EnvVar resolves
+    from there, perf_pipelines/definitions.py): one test's token must not reach the next."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""

@@ -19,7 +19,13 @@ from perf_pipelines.targets import Target, load_targets
 
 
 class DatabaseResource(ConfigurableResource["DatabaseResource"]):
-    """The agent's SQL database; migrations are applied on first use."""
+    """The agent's SQL database; migrations are applied on first use.
+
+    The engine (and its pool of connections) lives for one run: Dagster sets up a copy of the
+    resource per run and tears it down afterwards, which disposes of the pool. Without that, a
+    run worker's pooled PostgreSQL connections stayed open until the process exited, and a
+    process running many runs (tests, `execute_in_process`) kept one pool per run.
+    """
 
     url: str
 
@@ -31,6 +37,15 @@ class DatabaseResource(ConfigurableResource["DatabaseResource"]):
             ensure_schema(engine)
             self._engine = engine
         return self._engine
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.dispose()
+
+    def dispose(self) -> None:
+        """Close every pooled connection; the next `get_engine` opens a new pool."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
 
 
 class TargetsResource(ConfigurableResource["TargetsResource"]):

@@ -1,3 +1,5 @@
+import os
+
 from dagster import DefaultScheduleStatus, DefaultSensorStatus, Definitions, EnvVar
 
 from perf_pipelines.definitions import build_resources, defs
@@ -40,12 +42,18 @@ def test_optimization_cycle_covers_the_four_assets() -> None:
     }
 
 
-def test_a_token_from_dotenv_reaches_the_resource(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """EnvVar only resolves from the process environment; a token set in `.env` must still work,
-    and one in the environment stays out of the config shown in the UI."""
+def test_secrets_reach_the_resources_only_as_env_vars(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A secret from `.env` (here: an override, the same path) is an EnvVar too, exported into the
+    process environment so that it resolves; one from the environment keeps its value."""
     monkeypatch.delenv("ORCHESTRATOR_TOKEN", raising=False)
-    from_dotenv = build_resources(load_settings(orchestrator_token="s3cret"))["agent"]
-    assert from_dotenv.orchestrator_token == "s3cret"  # type: ignore[attr-defined]
-    monkeypatch.setenv("ORCHESTRATOR_TOKEN", "s3cret")
-    from_env = build_resources(load_settings())["agent"]
-    assert isinstance(from_env.orchestrator_token, EnvVar)  # type: ignore[attr-defined]
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    url = "postgresql+psycopg://perf:db-s3cret@127.0.0.1:5432/perf"
+    resources = build_resources(load_settings(orchestrator_token="s3cret", database_url=url))
+    assert resources["agent"].orchestrator_token == EnvVar("ORCHESTRATOR_TOKEN")  # type: ignore[attr-defined]
+    assert resources["database"].url == EnvVar("DATABASE_URL")  # type: ignore[attr-defined]
+    assert os.environ["ORCHESTRATOR_TOKEN"] == "s3cret" and os.environ["DATABASE_URL"] == url
+    monkeypatch.setenv("ORCHESTRATOR_TOKEN", "from-env")
+    assert build_resources(load_settings())["agent"].orchestrator_token == EnvVar(  # type: ignore[attr-defined]
+        "ORCHESTRATOR_TOKEN"
+    )
+    assert os.environ["ORCHESTRATOR_TOKEN"] == "from-env"

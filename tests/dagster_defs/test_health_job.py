@@ -107,7 +107,8 @@ def test_all_components_healthy(
         )
         sensor = defs.resolve_sensor_def("orchestrator_heartbeat")
         resources = defs.get_repository_def().get_top_level_resources()
-        tick = sensor.evaluate_tick(build_sensor_context(resources=resources))
+        with build_sensor_context(resources=resources) as context:  # resources torn down after
+            tick = sensor.evaluate_tick(context)
         assert tick.skip_message is not None and tick.skip_message.startswith("registered")
         result = defs.resolve_job_def("health_check").execute_in_process(instance=instance)
     assert result.success

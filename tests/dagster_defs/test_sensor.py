@@ -26,7 +26,9 @@ from tests.support.http_servers import closed_port
 from tests.support.orchestrator import TestOrchestrator, run_orchestrator
 
 TOKEN = "tok-Zq9-never-to-be-seen"
-INTERVAL = 0.4
+# Longer than two ticks on a busy 2-core machine (measured up to ~0.7 s each: every tick sets up
+# the database resource afresh and disposes of it after), so "not due yet" is not a race.
+INTERVAL = 2.0
 SENSOR = orchestrator_heartbeat_sensor(INTERVAL)
 
 
@@ -92,8 +94,10 @@ class Ticker:
         self.messages: list[str] = []
 
     def tick(self) -> str:
-        context = build_sensor_context(cursor=self.cursor, resources=self.resources)
-        data = SENSOR.evaluate_tick(context)
+        # A context manager, as the daemon does: the database resource is torn down after the
+        # tick (its connections closed).
+        with build_sensor_context(cursor=self.cursor, resources=self.resources) as context:
+            data = SENSOR.evaluate_tick(context)
         assert data.run_requests == []
         self.cursor = data.cursor
         assert data.skip_message is not None
