@@ -1,4 +1,5 @@
-"""The `retention` job: keeps the agent's tables bounded (RETENTION_DAYS), on a daily schedule.
+"""The `retention` job: keeps the agent's tables and Dagster's run history bounded
+(RETENTION_DAYS), on a daily schedule.
 
 An op rather than an asset: it maintains tables that assets own and produces no data itself.
 No `from __future__ import annotations`: Dagster reads the `context` annotation at definition time.
@@ -8,9 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import (
     ConfigurableResource,
+    DagsterInstance,
+    DagsterRunStatus,
     MetadataValue,
     OpExecutionContext,
     Output,
+    RunsFilter,
     ScheduleDefinition,
     in_process_executor,
     job,
@@ -21,24 +25,55 @@ from perf_pipelines.dagster_defs.jobs import running_schedule
 from perf_pipelines.dagster_defs.resources import DatabaseResource
 from perf_pipelines.storage.retention import delete_older_than
 
+# Runs in these states are over; a queued or running one is never deleted (nor its event log).
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED]
+# Runs deleted per query: each delete_run is one transaction on Dagster's storage.
+RUN_BATCH = 100
+
 
 class RetentionResource(ConfigurableResource["RetentionResource"]):
-    """How long snapshots, reports, health rows and orchestrator events are kept."""
+    """How long snapshots, reports, health rows, orchestrator events and Dagster's finished runs
+    (with their event logs) are kept."""
 
     days: float = 7.0
 
 
-@op(description="Deletes rows older than RETENTION_DAYS in batches; recommendations are kept.")
+def delete_finished_runs(instance: DagsterInstance, cutoff: datetime) -> int:
+    """Delete the finished runs created before `cutoff`, each with its event log (Dagster keeps
+    both forever otherwise: with the default schedules ~580 runs a day), in batches of RUN_BATCH.
+    Asset materializations go with their run's event log; the agent's own tables keep the data.
+    """
+    deleted = 0
+    while True:
+        records = instance.get_run_records(
+            filters=RunsFilter(statuses=FINISHED, created_before=cutoff), limit=RUN_BATCH
+        )
+        for record in records:
+            instance.delete_run(record.dagster_run.run_id)
+        deleted += len(records)
+        if len(records) < RUN_BATCH:
+            return deleted
+
+
+@op(
+    description="Deletes rows and finished Dagster runs older than RETENTION_DAYS in batches; "
+    "recommendations are kept."
+)
 def delete_expired_rows(
     context: OpExecutionContext, database: DatabaseResource, retention: RetentionResource
 ) -> Output[None]:
     cutoff = datetime.now(UTC) - timedelta(days=retention.days)
     result = delete_older_than(database.get_engine(), cutoff)
-    context.log.info(f"deleted rows older than {cutoff:%Y-%m-%d %H:%M} UTC: {result.deleted}")
+    runs = delete_finished_runs(context.instance, cutoff)
+    context.log.info(
+        f"deleted rows older than {cutoff:%Y-%m-%d %H:%M} UTC: {result.deleted}, "
+        f"and {runs} finished Dagster runs with their event logs"
+    )
     return Output(
         None,
         metadata={
             "cutoff": MetadataValue.text(cutoff.isoformat()),
+            "dagster_runs": MetadataValue.int(runs),
             **{table: MetadataValue.int(count) for table, count in result.deleted.items()},
         },
     )
@@ -46,7 +81,8 @@ def delete_expired_rows(
 
 @job(
     name="retention",
-    description="Keeps the agent's tables bounded: deletes what is older than RETENTION_DAYS.",
+    description="Keeps the agent's tables and Dagster's run history bounded: deletes what is "
+    "older than RETENTION_DAYS.",
     executor_def=in_process_executor,
 )
 def retention() -> None:
