@@ -90,6 +90,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             prometheus_username=settings.prometheus_username,
             prometheus_password=_secret("PROMETHEUS_PASSWORD", settings.prometheus_password),
             prometheus_timeout_s=settings.prometheus_query_timeout_s,
+            prometheus_cycle_timeout_s=settings.prometheus_cycle_timeout_s,
+            prometheus_dedup_labels=settings.prometheus_dedup_labels,
             prometheus_backfill_minutes=settings.prometheus_backfill_minutes,
             prometheus_backfill_step_s=settings.prometheus_backfill_step_s,
         ),

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     prometheus_username: str | None = None  # basic auth, with PROMETHEUS_PASSWORD
     prometheus_password: SecretStr | None = None
     prometheus_query_timeout_s: float = Field(10.0, gt=0, le=300)
+    # everything one cycle asks Prometheus, together: a frozen Prometheus costs this, once
+    prometheus_cycle_timeout_s: float = Field(60.0, gt=0, le=3600)
+    # labels naming who scraped a series (jobs, HA replicas): series differing only in them
+    # are one server's, read once (docs/prometheus.md)
+    prometheus_dedup_labels: str = Field(
+        "job,replica,prometheus_replica,prometheus,__replica__", pattern=r"^[\w, ]*$"
+    )
     prometheus_backfill_minutes: float = Field(
         60.0, ge=0, le=7 * 24 * 60, description="history loaded for a target seen the first time"
     )

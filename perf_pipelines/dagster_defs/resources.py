@@ -94,6 +94,8 @@ class ScraperResource(ConfigurableResource["ScraperResource"]):
     prometheus_username: str | None = None
     prometheus_password: str | None = None
     prometheus_timeout_s: float = 10.0
+    prometheus_cycle_timeout_s: float = 60.0
+    prometheus_dedup_labels: str = "job,replica,prometheus_replica,prometheus,__replica__"
     prometheus_backfill_minutes: float = 60.0
     prometheus_backfill_step_s: float = 15.0
 
@@ -104,6 +106,10 @@ class ScraperResource(ConfigurableResource["ScraperResource"]):
             username=self.prometheus_username,
             password=self.prometheus_password,
             timeout_s=self.prometheus_timeout_s,
+            cycle_timeout_s=self.prometheus_cycle_timeout_s,
+            dedup_labels=tuple(
+                label.strip() for label in self.prometheus_dedup_labels.split(",") if label.strip()
+            ),
             max_bytes=self.max_bytes,
             # Prometheus is one shared server: far fewer parallel queries than scrapes.
             concurrency=min(self.concurrency, 8),

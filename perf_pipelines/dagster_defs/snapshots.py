@@ -97,14 +97,15 @@ def metric_snapshots(
     log_summary(
         context,
         f"scraped {len(target_list)} targets × {samples} samples: "
-        f"{len(target_list) - len(down)} up, {len(down)} down, {inserted} rows stored",
+        f"{len(last_round) - len(down)} up, {len(down)} down, {inserted} rows stored",
         [f"target {result.target.name} is down: {result.error}" for result in down],
         warn=bool(down),
     )
     return MaterializeResult(
         metadata={
             "targets_total": MetadataValue.int(len(target_list)),
-            "targets_up": MetadataValue.int(len(target_list) - len(down)),
+            # Prometheus may know a target in neither state (unknown): not counted as up.
+            "targets_up": MetadataValue.int(len(last_round) - len(down)),
             "targets_down": MetadataValue.int(len(down)),
             "samples": MetadataValue.int(samples),
             "rows_inserted": MetadataValue.int(inserted),
@@ -134,7 +135,19 @@ def _read_prometheus(
         backfill_minutes=scraper.prometheus_backfill_minutes,
         backfill_step_s=scraper.prometheus_backfill_step_s,
     )
+    if cycle.source_error is not None:
+        # Prometheus itself failed, so nothing is known about any server: a failed run records
+        # it as the source's fault and stores nothing, so no server is reported down and no
+        # advice rests on it. A re-run reads the same cycle again (docs/prometheus.md).
+        raise Failure(
+            description=(
+                f"Prometheus source failed: {cycle.source_error}; every target's state is "
+                "unknown (not down): nothing stored for this cycle"
+            ),
+            metadata={"targets_unknown": MetadataValue.int(len(target_list))},
+        )
     problems = [f"target {name}: " + "; ".join(notes) for name, notes in cycle.warnings.items()]
+    problems += [f"target {name}: state unknown: {why}" for name, why in cycle.unknown.items()]
     problems += [
         f"target {name}: back-fill failed: {e}" for name, e in cycle.backfill_errors.items()
     ]
@@ -144,6 +157,8 @@ def _read_prometheus(
         "source": MetadataValue.text("prometheus"),
         "rows_backfilled": MetadataValue.int(len(cycle.backfill_rows)),
         "prometheus_warnings": MetadataValue.json(cycle.warnings),
+        "targets_unknown": MetadataValue.int(len(cycle.unknown)),
+        "unknown": MetadataValue.json(cycle.unknown),
     }
     return cycle.rows + cycle.backfill_rows, cycle.latest, cycle.samples, metadata
 

@@ -4,6 +4,11 @@
   targets the database has never seen, PROMETHEUS_BACKFILL_MINUTES of history before them.
 - `backfill`: history for every target up to its oldest stored row, in one transaction.
 
+One deadline (PROMETHEUS_CYCLE_TIMEOUT_S) covers everything a cycle asks Prometheus, the regular
+read and the history together. When Prometheus itself fails (unreachable, silent, not an API)
+the cycle's `source_error` says so and nothing is read: no server's state is known, so none is
+stored as down.
+
 Back-fill rows carry deterministic run ids (`backfill-<chunk start>-<target>`) and sample indexes
 (the step within the chunk), so reading the same history again inserts nothing: rows are unique
 on (run_id, target, sample_index, model).
@@ -12,6 +17,8 @@ on (run_id, target, sample_index, model).
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +33,7 @@ from perf_pipelines.sources.prometheus import (
     read_history,
     read_recent,
     rows_from_reads,
+    source_failure,
 )
 from perf_pipelines.storage.schema import metric_snapshots
 from perf_pipelines.storage.snapshots import SnapshotRow, insert_snapshots
@@ -80,10 +88,14 @@ def targets_needing_backfill(connection: Connection, names: Sequence[str]) -> se
 class CycleRead:
     rows: list[SnapshotRow]
     backfill_rows: list[SnapshotRow]
-    latest: list[ScrapeResult]  # the newest result per target, in target order
+    latest: list[ScrapeResult]  # the newest result per known target, in target order
     samples: int
     warnings: dict[str, list[str]] = field(default_factory=dict)
     backfill_errors: dict[str, str] = field(default_factory=dict)
+    # target → why its state is unknown (no row stored: it is not known to be down)
+    unknown: dict[str, str] = field(default_factory=dict)
+    # Prometheus itself failed: every target is unknown and nothing was read
+    source_error: str | None = None
 
 
 def read_cycle(
@@ -100,19 +112,33 @@ def read_cycle(
 ) -> CycleRead:
     """Read the cycle's rows (and first-use history) from Prometheus; never raises for it."""
     now = now if now is not None else datetime.now(UTC).timestamp()
-    reads = asyncio.run(read_recent(config, targets, samples, interval_s, now=now))
+    deadline = time.monotonic() + config.cycle_timeout_s
+    reads = asyncio.run(
+        read_recent(config, targets, samples, interval_s, now=now, deadline=deadline)
+    )
     warnings = {read.target.name: read.warnings for read in reads if read.warnings}
+    unknown = {read.target.name: read.unknown for read in reads if read.unknown is not None}
+    failure = source_failure(reads)
+    if failure is not None:
+        return CycleRead([], [], [], 0, warnings, unknown=unknown, source_error=str(failure))
     history: list[HistoryRead] = []
     if backfill_minutes > 0 and backfill_targets:
         # History ends where this cycle's samples start, so no scrape is stored twice.
         ends = {
             read.target.name: min(r.collected_at for r in read.results).timestamp()
             for read in reads
-            if read.target.name in backfill_targets
+            if read.target.name in backfill_targets and read.results
         }
         chosen = [t for t in targets if t.name in ends]
         history = asyncio.run(
-            read_history(config, chosen, now - backfill_minutes * 60, ends, backfill_step_s)
+            read_history(
+                config,
+                chosen,
+                now - backfill_minutes * 60,
+                ends,
+                backfill_step_s,
+                deadline=deadline,
+            )
         )
     for read in history:
         if read.warnings:
@@ -120,10 +146,11 @@ def read_cycle(
     return CycleRead(
         rows=rows_from_reads(run_id, reads),
         backfill_rows=[row for read in history for row in read.rows],
-        latest=[read.latest for read in reads],
+        latest=[read.latest for read in reads if read.results],
         samples=max((len(read.results) for read in reads), default=0),
         warnings=warnings,
         backfill_errors={read.target.name: read.error for read in history if read.error},
+        unknown=unknown,
     )
 
 
@@ -149,7 +176,10 @@ def backfill(
     with engine.connect() as connection:
         oldest = oldest_rows(connection, [t.name for t in targets])
     ends = {t.name: oldest[t.name].timestamp() if t.name in oldest else now for t in targets}
-    reads = asyncio.run(read_history(config, targets, now - minutes * 60, ends, step_s))
+    # Run by hand, not by the schedule: no cycle deadline, each query keeps its own timeout.
+    reads = asyncio.run(
+        read_history(config, targets, now - minutes * 60, ends, step_s, deadline=math.inf)
+    )
     rows = [row for read in reads for row in read.rows]
     with engine.begin() as connection:
         inserted = insert_snapshots(connection, rows)

@@ -5,6 +5,9 @@ Series of the engine metric names the adapters read (`/api/v1/series`) are group
 body. The URL of a server is the scrape URL Prometheus uses (`/api/v1/targets`), so a written
 targets file matches the series back exactly; without that endpoint it is
 `http://<instance>/metrics`. `up` says whether Prometheus' last scrape worked.
+
+A server that several jobs scrape (the same URL and engine) is listed once, with every job in
+`jobs`: two targets for it would count it twice in the fleet.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class DiscoveredServer:
     models: list[str] = field(default_factory=list)
     up: bool | None = None
     name: str = ""
+    jobs: list[str] = field(default_factory=list)  # every job scraping it; `job` is the first
 
 
 def _exact_names_pattern() -> str:
@@ -72,26 +76,35 @@ async def discover(config: PrometheusConfig, lookback_s: float = 600.0) -> list[
     scrape_urls = {
         (a.labels.get("job", ""), a.labels.get("instance", "")): a.scrape_url for a in active
     }
-    servers = []
+    servers: dict[tuple[str, Engine], DiscoveredServer] = {}
     for key in sorted(names):
         engine = detect_engine(names[key])
         if engine is None:
             continue
         job, instance = key
         url = scrape_urls.get(key)
-        servers.append(
-            DiscoveredServer(
-                job=job,
-                instance=instance,
-                engine=engine,
-                url=url or f"http://{instance}/metrics",
-                url_from_scrape_config=url is not None,
-                models=sorted(models[key]),
-                up=up_by_key.get(key),
-            )
+        server = DiscoveredServer(
+            job=job,
+            instance=instance,
+            engine=engine,
+            url=url or f"http://{instance}/metrics",
+            url_from_scrape_config=url is not None,
+            models=sorted(models[key]),
+            up=up_by_key.get(key),
+            jobs=[job],
         )
-    _name(servers)
-    return servers
+        same = servers.get((server.url, engine))
+        if same is None:
+            servers[(server.url, engine)] = server
+            continue
+        # Another job scraping the same server: one entry, up when any of its scrapes works.
+        same.jobs.append(job)
+        same.models = sorted({*same.models, *server.models})
+        if server.up is not None:
+            same.up = bool(same.up) or server.up
+    listed = list(servers.values())
+    _name(listed)
+    return listed
 
 
 def _slug(text: str) -> str:

@@ -1,6 +1,8 @@
 """A small, defensive client for the Prometheus HTTP API (`/api/v1/...`).
 
-Every call has one overall deadline, a cap on the response size (checked on the header and while
+Every call has its own deadline (PROMETHEUS_QUERY_TIMEOUT_S) inside the client's overall one
+(PROMETHEUS_CYCLE_TIMEOUT_S: a frozen Prometheus costs one cycle deadline, not one query deadline
+per target), a cap on the response size (checked on the header and while
 streaming), no redirects (credentials must not travel to another origin), and turns every failure
 into a `PrometheusError` whose message is a short, secret-free reason fit to be stored. Response
 `warnings` (and Prometheus 3's `infos`) are returned with the data, never dropped.
@@ -15,7 +17,9 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import ssl
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -33,7 +37,19 @@ _ERROR_LIMIT = 500
 
 
 class PrometheusError(Exception):
-    """A Prometheus API call failed; the message is the reason (short, no secrets)."""
+    """A Prometheus API call failed; the message is the reason (short, no secrets).
+
+    `source_wide`: the failure is Prometheus' own (unreachable, silent, refusing the
+    credentials, not an API at all, out of time), not the one query's: nothing else asked of it
+    will fare better. `cycle_deadline`: it is the client's overall deadline that ran out.
+    """
+
+    def __init__(
+        self, message: str, *, source_wide: bool = False, cycle_deadline: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.source_wide = source_wide or cycle_deadline
+        self.cycle_deadline = cycle_deadline
 
 
 @dataclass(frozen=True)
@@ -44,18 +60,27 @@ class PrometheusConfig:
     token: str | None = field(default=None, repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # each API call
     max_bytes: int = 16 * 1024 * 1024
     concurrency: int = 8
+    cycle_timeout_s: float = 60.0  # everything one client (one cycle) asks, together
+    # Labels that name who scraped a series, not what it measures (docs/prometheus.md).
+    dedup_labels: tuple[str, ...] = (
+        "job",
+        "replica",
+        "prometheus_replica",
+        "prometheus",
+        "__replica__",
+    )
 
     def validated_url(self) -> str:
         """The base URL, checked like PROMETHEUS_URL; raises `PrometheusError` when unusable."""
         try:
             checked = _check_http_url(self.url, "PROMETHEUS_URL")
         except ValueError as exc:
-            raise PrometheusError(str(exc)) from None
+            raise PrometheusError(str(exc), source_wide=True) from None
         if checked is None:
-            raise PrometheusError("PROMETHEUS_URL is not set")
+            raise PrometheusError("PROMETHEUS_URL is not set", source_wide=True)
         return checked
 
 
@@ -70,10 +95,16 @@ def _short(text: str) -> str:
 
 
 class PrometheusClient:
-    """`async with PrometheusClient(config) as client: await client.query(...)`."""
+    """`async with PrometheusClient(config) as client: await client.query(...)`.
 
-    def __init__(self, config: PrometheusConfig) -> None:
+    `deadline` (`time.monotonic()` seconds) ends every call, however many; by default
+    `config.cycle_timeout_s` after entering. Each call gets the smaller of its own timeout and
+    what is left.
+    """
+
+    def __init__(self, config: PrometheusConfig, deadline: float | None = None) -> None:
         self.config = config
+        self.deadline = deadline
         self._client: httpx.AsyncClient | None = None
         # Known secret values are masked wherever an error text or a log line could carry them.
         REDACT.add(config.token)
@@ -85,6 +116,8 @@ class PrometheusClient:
 
     async def __aenter__(self) -> PrometheusClient:
         base = self.config.validated_url()
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.config.cycle_timeout_s
         auth: httpx.Auth | None = None
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if self.config.token:
@@ -117,13 +150,12 @@ class PrometheusClient:
     # -- endpoints ---------------------------------------------------------------------------
 
     async def query(self, promql: str, at: float) -> ApiResult:
-        return await self._call(
-            "POST", "/api/v1/query", {"query": promql, "time": _ts(at), **self._timeout()}
-        )
+        params = {"query": promql, "time": _ts(at)}
+        return await self._call("POST", "/api/v1/query", params, evaluates=True)
 
     async def query_range(self, promql: str, start: float, end: float, step: float) -> ApiResult:
         params = {"query": promql, "start": _ts(start), "end": _ts(end), "step": f"{step:.3f}"}
-        return await self._call("POST", "/api/v1/query_range", {**params, **self._timeout()})
+        return await self._call("POST", "/api/v1/query_range", params, evaluates=True)
 
     async def series(self, matchers: list[str], start: float, end: float) -> ApiResult:
         params: dict[str, Any] = {"match[]": matchers, "start": _ts(start), "end": _ts(end)}
@@ -134,16 +166,32 @@ class PrometheusClient:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _timeout(self) -> dict[str, str]:
-        # Prometheus then stops evaluating at the same deadline instead of working on for nobody.
-        return {"timeout": f"{max(1, round(self.config.timeout_s * 1000))}ms"}
+    def _budget(self, path: str) -> tuple[float, bool]:
+        """Seconds this call may take, and whether the cycle's deadline (not its own) sets it."""
+        left = (self.deadline - time.monotonic()) if self.deadline is not None else math.inf
+        if left <= 0:
+            raise PrometheusError(self._cycle_late(path), cycle_deadline=True)
+        return min(self.config.timeout_s, left), left < self.config.timeout_s
 
-    async def _call(self, method: str, path: str, params: dict[str, Any]) -> ApiResult:
+    def _cycle_late(self, path: str) -> str:
+        return (
+            f"Prometheus did not answer {path} within the cycle's deadline of "
+            f"{self.config.cycle_timeout_s:g}s (PROMETHEUS_CYCLE_TIMEOUT_S)"
+        )
+
+    async def _call(
+        self, method: str, path: str, params: dict[str, Any], *, evaluates: bool = False
+    ) -> ApiResult:
         if self._client is None:
             raise RuntimeError("use 'async with PrometheusClient(...)'")
+        budget, cycle_bound = self._budget(path)
+        if evaluates:
+            # Prometheus then stops evaluating at the same deadline instead of working on for
+            # nobody.
+            params = {**params, "timeout": f"{max(1, round(budget * 1000))}ms"}
         log.debug("prometheus %s %s", method, path)
         try:
-            async with asyncio.timeout(self.config.timeout_s):
+            async with asyncio.timeout(budget):
                 if method == "GET":
                     request = self._client.build_request("GET", path, params=params)
                 else:
@@ -156,17 +204,22 @@ class PrometheusClient:
         except PrometheusError:
             raise
         except (TimeoutError, httpx.TimeoutException):
+            if cycle_bound:
+                raise PrometheusError(self._cycle_late(path), cycle_deadline=True) from None
             raise PrometheusError(
                 f"Prometheus did not answer {path} within {self.config.timeout_s:g}s "
-                "(PROMETHEUS_QUERY_TIMEOUT_S)"
+                "(PROMETHEUS_QUERY_TIMEOUT_S)",
+                source_wide=True,
             ) from None
         except httpx.ConnectError as exc:
             raise PrometheusError(
-                _short(f"cannot reach Prometheus at {self.config.url}: {exc or 'connect error'}")
+                _short(f"cannot reach Prometheus at {self.config.url}: {exc or 'connect error'}"),
+                source_wide=True,
             ) from None
         except httpx.HTTPError as exc:
             raise PrometheusError(
-                _short(f"Prometheus request failed: {type(exc).__name__}: {exc}")
+                _short(f"Prometheus request failed: {type(exc).__name__}: {exc}"),
+                source_wide=True,
             ) from None
         return self._decode(response, body, path)
 
@@ -185,7 +238,8 @@ class PrometheusClient:
                 _short(
                     f"Prometheus answered {path} with a redirect (HTTP {status} to {location}); "
                     "set PROMETHEUS_URL to the final address"
-                )
+                ),
+                source_wide=True,
             )
         payload: Any = None
         if content_type == "application/json" or body[:1] == b"{":
@@ -197,13 +251,17 @@ class PrometheusClient:
             if status in (401, 403):
                 raise PrometheusError(
                     f"Prometheus refused the credentials (HTTP {status}): check PROMETHEUS_TOKEN "
-                    "or PROMETHEUS_USERNAME/PROMETHEUS_PASSWORD"
+                    "or PROMETHEUS_USERNAME/PROMETHEUS_PASSWORD",
+                    source_wide=True,
                 )
             what = "an HTML page" if "html" in content_type or body[:1] == b"<" else "no API JSON"
             kind = content_type or "no content type"
+            # A 404 is a route this server does not have (Thanos and Mimir serve no
+            # /api/v1/targets); anything else means PROMETHEUS_URL is no Prometheus API at all.
             raise PrometheusError(
                 f"PROMETHEUS_URL answered {path} with HTTP {status} and {what} ({kind}): "
-                "is it the Prometheus server's base URL?"
+                "is it the Prometheus server's base URL?",
+                source_wide=status != 404,
             )
         if payload.get("status") != "success":
             error_type = payload.get("errorType") or "error"
@@ -215,7 +273,12 @@ class PrometheusClient:
                 422: "Prometheus could not execute the query",
                 503: "Prometheus is unavailable or timed out",
             }.get(status, f"Prometheus answered HTTP {status}")
-            raise PrometheusError(_short(f"{prefix} ({error_type}): {error}"))
+            # A query Prometheus refused or gave up on is that query's problem; refused
+            # credentials or an unavailable server are everybody's.
+            source_wide = status in (401, 403) or (status == 503 and error_type == "unavailable")
+            raise PrometheusError(
+                _short(f"{prefix} ({error_type}): {error}"), source_wide=source_wide
+            )
         if status != 200:
             raise PrometheusError(f"Prometheus answered {path} with HTTP {status}")
         notes = [str(w) for w in payload.get("warnings") or []]

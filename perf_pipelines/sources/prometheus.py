@@ -8,10 +8,20 @@ structure the exposition parser produces and handed to the same engine adapters
 info metrics as settings.
 
 Which series belong to a target (label matching):
-1. Prometheus' active targets (`/api/v1/targets`): the one whose scrape URL is the target's URL
-   gives the exact `job` and `instance` (and the target labels to strip before mapping).
+1. Prometheus' active targets (`/api/v1/targets`): the ones whose scrape URL is the target's URL
+   give the exact `job`s and `instance` (and the target labels to strip before mapping).
 2. Otherwise `instance="<host>:<port>"` of the target URL (any job). Several jobs on one
-   instance are ambiguous and reported as such rather than mixed.
+   instance whose series differ are ambiguous and reported as such rather than mixed.
+
+One server scraped several times (by two jobs, or by two HA replicas behind one query endpoint)
+is counted once: series are grouped by who scraped them (the PROMETHEUS_DEDUP_LABELS, `job`
+and replica labels) and one scrape is taken per step, the freshest that worked; the others are
+copies of it, not more of the server.
+
+What Prometheus says is taken for the server's state only when it is current: a step whose
+scrape is older than STALE_AFTER_INTERVALS scrape intervals is stale (a target removed, then
+Prometheus restarted: no staleness markers, so queries return its last sample for 5 minutes).
+A target without current samples, or whose query failed, is *unknown*, not down: no row.
 
 Every query also asks for `up`, `scrape_duration_seconds` and `timestamp(up)`: a row is stamped
 with the time of the scrape its values come from (not the evaluation step), two steps that land
@@ -65,6 +75,12 @@ _DISPLAY = {
 # (aligned to the Unix epoch) whose run ids are the same whenever the same history is read.
 BACKFILL_CHUNK_STEPS = 120
 DEFAULT_STEP_S = 1.0
+# A step's scrape older than this many scrape intervals is not the target's current state. One
+# interval is normal, a second covers a scrape in progress or late on a busy Prometheus (a failed
+# scrape still writes `up` = 0 with its own timestamp, so a working Prometheus never has gaps).
+STALE_AFTER_INTERVALS = 3
+# Prometheus' default scrape_interval: the staleness yardstick when no interval is known.
+DEFAULT_SCRAPE_INTERVAL_S = 60.0
 
 
 # -- PromQL text --------------------------------------------------------------------------------
@@ -174,6 +190,18 @@ def parse_active_targets(data: Any) -> list[ActiveTarget]:
     return active
 
 
+def _matcher(label: str, values: list[str]) -> tuple[str, str, str]:
+    if len(values) == 1:
+        return (label, "=", values[0])
+    return (label, "=~", "|".join(_regex_escape(v) for v in values))
+
+
+def typical_interval(active: Sequence[ActiveTarget] | None) -> float:
+    """The staleness yardstick for a target whose own scrape interval is unknown."""
+    intervals = [a.scrape_interval_s for a in active or [] if a.scrape_interval_s]
+    return max(intervals) if intervals else DEFAULT_SCRAPE_INTERVAL_S
+
+
 def resolve_selectors(
     targets: Sequence[Target], active: Sequence[ActiveTarget] | None
 ) -> tuple[dict[str, Selector], dict[str, list[str]]]:
@@ -191,24 +219,21 @@ def resolve_selectors(
             key=lambda e: (e.labels.get("job", ""), e.labels.get("instance", "")),
         )
         if matches:
-            chosen = matches[0]
-            if len(matches) > 1:
-                jobs = ", ".join(m.labels.get("job", "?") for m in matches)
-                warnings[target.name].append(
-                    f"Prometheus scrapes this URL in {len(matches)} jobs ({jobs}); "
-                    f"reading job {chosen.labels.get('job')!r}"
-                )
+            # Every job (or replica-labelled copy) scraping this URL: the same server, whose
+            # duplicate series `one_scrape` merges.
             matchers = tuple(
-                (label, "=", chosen.labels[label])
+                _matcher(label, sorted({m.labels[label] for m in matches if label in m.labels}))
                 for label in ("job", "instance")
-                if label in chosen.labels
+                if any(label in m.labels for m in matches)
             )
+            intervals = [m.scrape_interval_s for m in matches if m.scrape_interval_s]
+            healthy = any(m.health == "up" for m in matches)
             selectors[target.name] = Selector(
                 matchers=matchers,
-                drop_labels=frozenset(chosen.labels),
+                drop_labels=frozenset(label for m in matches for label in m.labels),
                 by_scrape_url=True,
-                scrape_interval_s=chosen.scrape_interval_s,
-                last_error=chosen.last_error if chosen.health != "up" else None,
+                scrape_interval_s=max(intervals) if intervals else None,
+                last_error=None if healthy else matches[0].last_error,
             )
             continue
         parts = urlsplit(target.url)
@@ -326,23 +351,81 @@ def _stamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+LabeledSample = tuple[dict[str, str], float]
+_Identity = frozenset[tuple[str, frozenset[tuple[str, str]]]]  # series names with their labels
+
+
+def _is_timestamp(labels: dict[str, str]) -> bool:
+    return labels.get(TAG_LABEL) == TAG_VALUE and "__name__" not in labels
+
+
+def one_scrape(
+    selector: Selector, samples: list[LabeledSample], dedup_labels: frozenset[str]
+) -> tuple[list[LabeledSample], str | None]:
+    """The samples of one scrape of the target at one step, or why there is none to choose.
+
+    Series that differ only in `dedup_labels` (who scraped them: `job`, replica labels) are
+    copies of one server's series. Taking one copy, not adding them up, is what keeps a server
+    scraped by two jobs or two HA replicas from counting twice; taking one whole scrape (the
+    freshest that worked) keeps the values of a row from one moment. Under instance matching,
+    jobs whose series are not the same set may be different servers behind one host:port: that
+    is refused, not mixed.
+    """
+    groups: dict[tuple[tuple[str, str], ...], list[LabeledSample]] = defaultdict(list)
+    for labels, value in samples:
+        scraper = tuple(sorted((k, v) for k, v in labels.items() if k in dedup_labels))
+        groups[scraper].append((labels, value))
+    if len(groups) <= 1:
+        return samples, None
+    if not selector.by_scrape_url:
+        strip = dedup_labels | selector.drop_labels | {"__name__"}
+        identities: dict[str, set[_Identity]] = defaultdict(set)
+        for scraper, group in groups.items():
+            identity = frozenset(
+                (
+                    labels.get("__name__", ""),
+                    frozenset(i for i in labels.items() if i[0] not in strip),
+                )
+                for labels, _ in group
+                if labels.get("__name__") not in (None, *_META_NAMES)
+            )
+            if identity:
+                identities[dict(scraper).get("job", "")].add(identity)
+        if len(identities) > 1 and len({i for ids in identities.values() for i in ids}) > 1:
+            jobs = sorted(identities)
+            return [], (
+                f"{len(jobs)} Prometheus jobs ({', '.join(j for j in jobs if j)}) scrape "
+                f"{selector.describe()} with different series: cannot tell which is this target; "
+                "give it the URL Prometheus scrapes (see `perf-pipelines prometheus discover`)"
+            )
+
+    def rank(group: list[LabeledSample]) -> tuple[bool, float]:
+        worked = any(labels.get("__name__") == "up" and value == 1 for labels, value in group)
+        stamps = [v for labels, v in group if _is_timestamp(labels) and math.isfinite(v)]
+        return worked, max(stamps, default=-math.inf)
+
+    # max() keeps the first of equals: ties go to the smallest scraper labels, every time.
+    chosen = max((groups[key] for key in sorted(groups)), key=rank)
+    return chosen, None
+
+
 def build_instant(
     target: Target,
     selector: Selector,
-    samples: list[tuple[dict[str, str], float]],
+    samples: list[LabeledSample],
     at_ms: int,
     *,
     last_error: str | None = None,
+    dedup_labels: frozenset[str] = frozenset({"job"}),
 ) -> Instant:
+    samples, ambiguous = one_scrape(selector, samples, dedup_labels)
     up_values: list[float] = []
     scrape_ts: float | None = None
     duration: float | None = None
     engine_samples = []
-    jobs = set()
     for labels, value in samples:
         name = labels.get("__name__")
-        jobs.add(labels.get("job"))
-        if labels.get(TAG_LABEL) == TAG_VALUE and name is None:
+        if _is_timestamp(labels):
             scrape_ts = value if math.isfinite(value) else None
         elif name == "up":
             up_values.append(value)
@@ -350,7 +433,7 @@ def build_instant(
             duration = value
         else:
             engine_samples.append((labels, value))
-    if not up_values and not engine_samples:
+    if not up_values and not engine_samples and ambiguous is None:
         return Instant(at_ms, scrape_ts, None)
     collected_at = _stamp(scrape_ts if scrape_ts is not None else at_ms / 1000)
     scrape_ms = duration * 1000 if duration is not None and math.isfinite(duration) else math.nan
@@ -366,17 +449,14 @@ def build_instant(
         )
         return Instant(at_ms, scrape_ts, result)
 
-    jobs.discard(None)
-    if not selector.by_scrape_url and len(jobs) > 1:
-        return down(
-            f"{len(jobs)} Prometheus jobs ({', '.join(sorted(j for j in jobs if j))}) scrape "
-            f"{selector.describe()}: cannot tell which is this target; give it the URL "
-            "Prometheus scrapes (see `perf-pipelines prometheus discover`)"
-        )
+    if ambiguous is not None:
+        return down(ambiguous)
     if up_values and not any(v == 1 for v in up_values):
         reason = "Prometheus could not scrape the target (up=0)"
         return down(reason + (f": {last_error}" if last_error else ""))
-    families = families_from_samples(engine_samples, wanted_families(None), selector.drop_labels)
+    families = families_from_samples(
+        engine_samples, wanted_families(None), selector.drop_labels | dedup_labels
+    )
     try:
         engine, snapshots = canonical_from_families(families, target.engine_hint)
     except NoEngineMetrics as exc:
@@ -438,42 +518,63 @@ def rows_for(run_id: str, indexed: Iterable[tuple[int, ScrapeResult]]) -> list[S
 
 @dataclass
 class TargetRead:
+    """What Prometheus says about one target: results (oldest first), or why its state is
+    unknown (`unknown`; `failed` when that is because a call to Prometheus failed)."""
+
     target: Target
     selector: Selector | None
-    results: list[ScrapeResult] = field(default_factory=list)  # oldest first
+    results: list[ScrapeResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    unknown: str | None = None
+    failed: PrometheusError | None = None
 
     @property
     def latest(self) -> ScrapeResult:
         return self.results[-1]
 
 
-def _down_now(target: Target, reason: str, now: float) -> ScrapeResult:
-    return ScrapeResult(
-        target=target,
-        collected_at=_stamp(now),
-        up=False,
-        scrape_ms=math.nan,
-        error=reason[:500],
-        engine=target.engine_hint,
-    )
+def _failed(read: TargetRead, exc: PrometheusError) -> TargetRead:
+    read.results, read.unknown, read.failed = [], str(exc)[:500], exc
+    return read
 
 
-async def _selectors(
-    client: PrometheusClient, targets: Sequence[Target]
-) -> tuple[dict[str, Selector], dict[str, list[str]], str | None]:
-    """Selectors per target; the third value is a Prometheus-wide error (then nothing works)."""
-    failed: str | None = None
+def source_failure(reads: Sequence[TargetRead]) -> PrometheusError | None:
+    """Prometheus itself failed: not one target could be asked. Then no server's state is
+    known, and none is down. The error that ended the cycle's reading names it best."""
+    errors = [read.failed for read in reads]
+    if not reads or any(error is None for error in errors):
+        return None
+    known = [error for error in errors if error is not None]
+    for wanted in (lambda e: e.cycle_deadline, lambda e: e.source_wide, lambda e: True):
+        chosen = next((e for e in known if wanted(e)), None)
+        if chosen is not None:
+            return chosen
+    return None
+
+
+@dataclass
+class _Resolved:
+    selectors: dict[str, Selector]
+    warnings: dict[str, list[str]]
+    failed: PrometheusError | None  # /api/v1/targets failed (then instance matching)
+    interval_s: float  # staleness yardstick for targets without their own scrape interval
+
+
+async def _selectors(client: PrometheusClient, targets: Sequence[Target]) -> _Resolved:
+    """Selectors per target. Raises `PrometheusError` when Prometheus itself failed."""
+    failed: PrometheusError | None = None
     try:
         answer = await client.active_targets()
         active: list[ActiveTarget] | None = parse_active_targets(answer.data)
     except PrometheusError as exc:
+        if exc.source_wide:  # down, silent, refusing us, or no API: no query would fare better
+            raise
         # Thanos, Mimir or VictoriaMetrics may not serve /api/v1/targets: match by instance.
         log.info("Prometheus active targets unavailable (%s): matching by instance", exc)
         active = None
-        failed = str(exc)
+        failed = exc
     selectors, warnings = resolve_selectors(targets, active)
-    return selectors, warnings, failed
+    return _Resolved(selectors, warnings, failed, typical_interval(active))
 
 
 async def read_recent(
@@ -483,36 +584,51 @@ async def read_recent(
     interval_s: float,
     *,
     now: float | None = None,
+    deadline: float | None = None,
 ) -> list[TargetRead]:
     """The last `samples` distinct scrapes of each target, about `interval_s` apart.
 
-    Never raises for a Prometheus problem: a target that cannot be read gets one down result
-    with the reason.
+    Never raises for a Prometheus problem: a target that cannot be read is unknown, with the
+    reason. Everything ends by `deadline` (`time.monotonic()`; default: config.cycle_timeout_s
+    from now), each query also by its own timeout.
     """
     now = now if now is not None else datetime.now(UTC).timestamp()
     try:
         config.validated_url()
     except PrometheusError as exc:
-        return [TargetRead(t, None, [_down_now(t, str(exc), now)]) for t in targets]
-    async with PrometheusClient(config) as client:
-        selectors, warnings, _ = await _selectors(client, targets)
+        return [_failed(TargetRead(t, None), exc) for t in targets]
+    async with PrometheusClient(config, deadline) as client:
+        try:
+            resolved = await _selectors(client, targets)
+        except PrometheusError as exc:
+            return [_failed(TargetRead(t, None), exc) for t in targets]
         semaphore = asyncio.Semaphore(max(1, config.concurrency))
+        dedup = frozenset(config.dedup_labels)
 
         async def one(target: Target) -> TargetRead:
-            selector = selectors[target.name]
-            read = TargetRead(target, selector, warnings=list(warnings.get(target.name, [])))
+            selector = resolved.selectors[target.name]
+            warnings = list(resolved.warnings.get(target.name, []))
+            read = TargetRead(target, selector, warnings=warnings)
             async with semaphore:
                 try:
-                    await _read_one_recent(client, read, samples, interval_s, now)
+                    await _read_one_recent(
+                        client, read, samples, interval_s, now, dedup, resolved.interval_s
+                    )
                 except PrometheusError as exc:
-                    read.results = [_down_now(target, str(exc), now)]
+                    _failed(read, exc)
             return read
 
         return list(await asyncio.gather(*(one(t) for t in targets)))
 
 
 async def _read_one_recent(
-    client: PrometheusClient, read: TargetRead, samples: int, interval_s: float, now: float
+    client: PrometheusClient,
+    read: TargetRead,
+    samples: int,
+    interval_s: float,
+    now: float,
+    dedup_labels: frozenset[str],
+    typical_interval_s: float,
 ) -> None:
     selector = read.selector
     assert selector is not None
@@ -531,21 +647,34 @@ async def _read_one_recent(
             by_time[at],
             at,
             last_error=selector.last_error if index == len(by_time) - 1 else None,
+            dedup_labels=dedup_labels,
         )
         for index, at in enumerate(sorted(by_time))
     ]
-    kept = distinct_scrapes(instants)
+    # Judged by the scrape's own time, not by Prometheus returning something: a query returns a
+    # series' last sample for the whole look-back delta (5 min) when no staleness marker ended it.
+    max_age = STALE_AFTER_INTERVALS * max(step, selector.scrape_interval_s or typical_interval_s)
+    current = [
+        instant
+        for instant in instants
+        if instant.scrape_ts is None or instant.at_ms / 1000 - instant.scrape_ts <= max_age
+    ]
+    kept = distinct_scrapes(current)
     results = [instant.result for instant in kept if instant.result is not None]
-    if not results:
-        results = [
-            _down_now(
-                read.target,
-                f"no samples in Prometheus for {selector.describe()} in the last "
-                f"{now - start + step:g}s: is Prometheus scraping this target? "
-                "(label matching: docs/prometheus.md)",
-                now,
-            )
-        ]
+    stamps = [i.scrape_ts for i in instants if i.result is not None and i.scrape_ts is not None]
+    if not results and stamps:
+        read.unknown = (
+            f"only stale samples in Prometheus for {selector.describe()}: the newest is "
+            f"{now - max(stamps):.0f}s old (more than {max_age:g}s, {STALE_AFTER_INTERVALS} "
+            "scrape intervals): is the target still in Prometheus' scrape config? (a removed "
+            "target's last sample is returned for 5 minutes after a restart)"
+        )
+    elif not results:
+        read.unknown = (
+            f"no samples in Prometheus for {selector.describe()} in the last "
+            f"{now - start + step:g}s: is Prometheus scraping this target? "
+            "(label matching: docs/prometheus.md)"
+        )
     elif len(results) < samples:
         read.warnings.append(
             f"partial data: {len(results)} of {samples} samples in Prometheus over the last "
@@ -597,30 +726,38 @@ async def read_history(
     start: float,
     end_by_target: dict[str, float],
     step_s: float,
+    *,
+    deadline: float | None = None,
 ) -> list[HistoryRead]:
     """Rows for each target's history on the epoch-aligned grid of `step_s` in [start, end).
 
     `end_by_target` gives each target's exclusive end (e.g. its oldest stored row). Steps
     without data are skipped; a target Prometheus could not scrape at a step gets a down row.
+    Everything ends by `deadline` (`time.monotonic()`), as in `read_recent`.
     """
     step_ms = max(1, round(step_s * 1000))
     try:
         config.validated_url()
     except PrometheusError as exc:
         return [HistoryRead(t, error=str(exc)) for t in targets]
-    async with PrometheusClient(config) as client:
-        selectors, warnings, failed = await _selectors(client, targets)
+    async with PrometheusClient(config, deadline) as client:
+        try:
+            resolved = await _selectors(client, targets)
+        except PrometheusError as exc:
+            return [HistoryRead(t, error=str(exc)) for t in targets]
         semaphore = asyncio.Semaphore(max(1, config.concurrency))
+        dedup = frozenset(config.dedup_labels)
+        failed = resolved.failed
 
         async def one(target: Target) -> HistoryRead:
-            read = HistoryRead(target, warnings=list(warnings.get(target.name, [])))
+            read = HistoryRead(target, warnings=list(resolved.warnings.get(target.name, [])))
             end = end_by_target.get(target.name)
             if end is None or end <= start:
                 return read
             async with semaphore:
                 try:
                     await _read_one_history(
-                        client, read, selectors[target.name], start, end, step_ms
+                        client, read, resolved.selectors[target.name], start, end, step_ms, dedup
                     )
                 except PrometheusError as exc:
                     read.error = str(exc)
@@ -641,6 +778,7 @@ async def _read_one_history(
     start: float,
     end: float,
     step_ms: int,
+    dedup_labels: frozenset[str],
 ) -> None:
     first = math.ceil(start * 1000 / step_ms) * step_ms
     last = (math.ceil(end * 1000 / step_ms) - 1) * step_ms  # end is exclusive
@@ -663,7 +801,7 @@ async def _read_one_history(
         instants = []
         for at in range(low - step_ms, high + 1, step_ms):
             instant = (
-                build_instant(read.target, selector, by_time[at], at)
+                build_instant(read.target, selector, by_time[at], at, dedup_labels=dedup_labels)
                 if at in by_time
                 else Instant(at, None, None)
             )

@@ -1,5 +1,6 @@
-"""What a misbehaving Prometheus (or something else at PROMETHEUS_URL) turns into: per-target
-down rows with a reason, warnings, never an exception; credentials never in logs or errors."""
+"""What a misbehaving Prometheus (or something else at PROMETHEUS_URL) turns into: targets whose
+state is unknown, with the reason (no row: Prometheus failing says nothing about the server),
+warnings, never an exception; credentials never in logs or errors."""
 
 from __future__ import annotations
 
@@ -82,14 +83,12 @@ def _read(url: str, samples: int = 1, **config: object):
         (ok({"resultType": "vector", "result": []}), "without a matrix"),
     ],
 )
-def test_bad_answers_become_a_down_row_with_the_reason(reply: Reply, reason: str) -> None:
+def test_bad_answers_leave_the_target_unknown_with_the_reason(reply: Reply, reason: str) -> None:
     with fake_prometheus({"/api/v1/targets": ACTIVE, "/api/v1/query_range": reply}) as fake:
         read = _read(fake.url)
-    (result,) = read.results
-    assert not result.up and result.engine == "vllm"
-    assert reason in result.error
-    (row,) = rows_from_reads("r", [read])
-    assert not row.up and row.error == result.error and row.snapshot is None
+    assert not read.results and read.failed is not None
+    assert read.unknown is not None and reason in read.unknown, read.unknown
+    assert rows_from_reads("r", [read]) == []  # unknown is not down: nothing to store
 
 
 def test_a_hanging_prometheus_times_out() -> None:
@@ -99,7 +98,7 @@ def test_a_hanging_prometheus_times_out() -> None:
         started = time.monotonic()
         read = _read(fake.url, timeout_s=0.5)
     assert time.monotonic() - started < 3
-    assert "did not answer /api/v1/query_range within 0.5s" in read.latest.error
+    assert read.unknown and "did not answer /api/v1/query_range within 0.5s" in read.unknown
 
 
 def test_an_oversized_answer_is_refused() -> None:
@@ -107,15 +106,18 @@ def test_an_oversized_answer_is_refused() -> None:
     big = ok(matrix_from_exposition(VLLM_TEXT, [now]))
     with fake_prometheus({"/api/v1/targets": ACTIVE, "/api/v1/query_range": big}) as fake:
         read = _read(fake.url, max_bytes=4096)
-    assert "exceeds the 4096-byte cap" in read.latest.error
+    assert read.unknown and "exceeds the 4096-byte cap" in read.unknown
 
 
 def test_unreachable_or_invalid_urls() -> None:
     closed = _read(f"http://127.0.0.1:{closed_port()}")
-    assert closed.latest.error.startswith("cannot reach Prometheus at http://127.0.0.1:")
+    assert closed.unknown and closed.unknown.startswith(
+        "cannot reach Prometheus at http://127.0.0.1:"
+    )
+    assert closed.failed is not None and closed.failed.source_wide
     for url in ("ftp://prometheus:9090", "http://user:pw@prometheus:9090", ""):
         read = _read(url)
-        assert not read.latest.up and "PROMETHEUS_URL" in read.latest.error
+        assert not read.results and read.unknown and "PROMETHEUS_URL" in read.unknown
 
 
 def test_warnings_are_kept_and_the_data_used() -> None:
@@ -182,7 +184,7 @@ def test_credentials_are_sent_but_never_logged_or_stored(
     else:
         encoded = base64.b64encode(f"agent:{secret}".encode()).decode()
         assert sent == {f"Basic {encoded}"}
-    error_text = read.latest.error
+    error_text = read.unknown or ""
     assert "Prometheus refused the credentials (unauthorized)" in error_text
     logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for text in (error_text, logged, repr(PrometheusConfig(fake.url, **config))):

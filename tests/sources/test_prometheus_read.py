@@ -166,12 +166,14 @@ def test_a_target_prometheus_cannot_scrape_is_a_down_row_with_its_error(
     assert row.model == "m" and row.engine == "vllm" and not row.up
 
 
-def test_a_target_prometheus_does_not_scrape_says_so(prom_fleet: PromFleet) -> None:
+def test_a_target_prometheus_does_not_scrape_is_unknown_and_says_so(prom_fleet: PromFleet) -> None:
+    """Prometheus has nothing on it: that says nothing about the server (unknown, not down)."""
     stranger = Target(name="stranger", url="http://127.0.0.1:1/metrics", engine="auto")
     (read,) = asyncio.run(read_recent(prom_fleet.config, [stranger], 3, 1.0))
-    (result,) = read.results
-    assert not result.up
-    assert result.error.startswith('no samples in Prometheus for {instance="127.0.0.1:1"}')
+    assert not read.results and read.failed is None
+    assert read.unknown and read.unknown.startswith(
+        'no samples in Prometheus for {instance="127.0.0.1:1"}'
+    )
 
 
 def test_without_the_targets_api_series_are_matched_by_instance(

@@ -18,6 +18,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
         "PROMETHEUS_USERNAME",
         "PROMETHEUS_PASSWORD",
         "PROMETHEUS_BACKFILL_MINUTES",
+        "PROMETHEUS_CYCLE_TIMEOUT_S",
+        "PROMETHEUS_DEDUP_LABELS",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -30,6 +32,23 @@ def test_defaults() -> None:
     assert settings.prometheus_query_timeout_s == 10
     scraper = build_resources(settings)["scraper"]
     assert scraper.prometheus_url is None and scraper.prometheus_token is None
+    config = scraper.prometheus_config()
+    assert config.cycle_timeout_s == 60
+    assert config.dedup_labels == (
+        "job",
+        "replica",
+        "prometheus_replica",
+        "prometheus",
+        "__replica__",
+    )
+
+
+def test_cycle_deadline_and_dedup_labels_reach_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_CYCLE_TIMEOUT_S", "12.5")
+    monkeypatch.setenv("PROMETHEUS_DEDUP_LABELS", "job, cluster_replica")
+    config = build_resources(load_settings())["scraper"].prometheus_config()
+    assert config.cycle_timeout_s == 12.5
+    assert config.dedup_labels == ("job", "cluster_replica")
 
 
 @pytest.mark.parametrize(
@@ -44,6 +63,8 @@ def test_defaults() -> None:
         ({"PROMETHEUS_PASSWORD": "pw-123456"}, "PROMETHEUS_PASSWORD needs PROMETHEUS_USERNAME"),
         ({"PROMETHEUS_BACKFILL_MINUTES": "-5"}, "PROMETHEUS_BACKFILL_MINUTES"),
         ({"PROMETHEUS_BACKFILL_STEP_S": "0"}, "PROMETHEUS_BACKFILL_STEP_S"),
+        ({"PROMETHEUS_CYCLE_TIMEOUT_S": "0"}, "PROMETHEUS_CYCLE_TIMEOUT_S"),
+        ({"PROMETHEUS_DEDUP_LABELS": "job,{bad}"}, "PROMETHEUS_DEDUP_LABELS"),
     ],
 )
 def test_bad_values_fail_at_start_up_without_echoing_secrets(
