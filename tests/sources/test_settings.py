@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from dagster import EnvVar
 
@@ -99,12 +101,14 @@ def test_settings_reach_the_scraper_resource_with_secrets_as_env_vars(
     assert "tok-123456" not in repr(config)
 
 
-def test_a_secret_from_dotenv_is_passed_as_its_value(tmp_path, monkeypatch) -> None:
-    # EnvVar resolves from the process environment only; `.env` values never get there.
+def test_a_secret_from_dotenv_is_an_env_var_too(tmp_path, monkeypatch) -> None:
+    # EnvVar resolves from the process environment only, so the code location exports what
+    # `.env` gave (tests/conftest.py restores the environment afterwards).
     (tmp_path / ".env").write_text(
         "PROMETHEUS_URL=http://prom:9090\nPROMETHEUS_USERNAME=agent\nPROMETHEUS_PASSWORD=pw-654321\n"
     )
     scraper = build_resources(load_settings())["scraper"]
-    assert not isinstance(scraper.prometheus_password, EnvVar)
-    assert scraper.prometheus_config().password == "pw-654321"
-    assert scraper.prometheus_config().username == "agent"
+    assert isinstance(scraper.prometheus_password, EnvVar)
+    assert os.environ["PROMETHEUS_PASSWORD"] == "pw-654321"
+    assert "pw-654321" not in repr(scraper)
+    assert scraper.prometheus_username == "agent"
