@@ -88,6 +88,14 @@ class Settings(BaseSettings):
         "default http://HOST:PORT, which is wrong when the sidecar binds 0.0.0.0 or runs in "
         "another container",
     )
+    # The sidecar's request limits (docs/sidecar.md, "Request limits"): what one client may send,
+    # and how slowly, before it is refused; enforced by uvicorn's h11 protocol and the app.
+    sidecar_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    sidecar_max_headers: int = Field(100, ge=10, le=10_000)
+    sidecar_max_body_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    sidecar_header_timeout_s: float = Field(10.0, gt=0, le=600)
+    sidecar_body_timeout_s: float = Field(30.0, gt=0, le=600)
+    sidecar_keep_alive_s: int = Field(5, ge=1, le=600)
     environment: Literal["development", "staging", "production", "test"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     agent_id: str = Field("performance-agent-001", pattern=r"^[A-Za-z0-9._-]{1,128}$")

@@ -82,5 +82,7 @@ if [ "${DEMO_NO_UI:-0}" = "1" ]; then
   exit 0
 fi
 echo "Dagster UI on http://127.0.0.1:$UI_PORT (log: $PERF_HOME/dagster-dev.log; Ctrl-C stops)"
-in_child .venv/bin/dagster dev -m perf_pipelines.definitions -h 127.0.0.1 -p "$UI_PORT" \
+# workspace.yaml names the code location `perf_pipelines` (with -m the UI would call it by the
+# module's name).
+in_child .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$UI_PORT" \
   >"$PERF_HOME/dagster-dev.log" 2>&1

@@ -15,5 +15,6 @@ export PERF_REQUIRE_POSTGRES=1
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/lint-imports
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/dg check defs  # the code location loads ([tool.dg] in pyproject)
 .venv/bin/bandit -q -c pyproject.toml -r perf_pipelines lab/perf_lab
 .venv/bin/pytest "$@"

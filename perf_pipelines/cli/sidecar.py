@@ -64,7 +64,9 @@ def sidecar(host: str | None, port: int | None, migrate: bool) -> None:
     import uvicorn
 
     from perf_pipelines.cli.common import settings_or_exit
+    from perf_pipelines.serving import limited_config
     from perf_pipelines.sidecar.app import create_app
+    from perf_pipelines.sidecar.limits import http_limits
     from perf_pipelines.storage.db import create_db_engine
 
     settings = settings_or_exit()
@@ -82,10 +84,11 @@ def sidecar(host: str | None, port: int | None, migrate: bool) -> None:
     if migrate:
         _migrate_in_background(engine)
     app = create_app(settings, engine)
-    config = uvicorn.Config(
+    config = limited_config(
         app,
-        host=bind_host,
-        port=bind_port,
+        bind_host,
+        bind_port,
+        http_limits(settings),
         log_config=None,  # keep the agent's JSON logging
         log_level=settings.log_level.lower(),
         access_log=False,  # our own request log never records headers

@@ -27,6 +27,7 @@ from perf_pipelines.settings import Settings
 from perf_pipelines.sidecar.deadline import Deadline
 from perf_pipelines.sidecar.dependencies import HealthBasis, Identity, SidecarState
 from perf_pipelines.sidecar.errors import install_error_handlers
+from perf_pipelines.sidecar.limits import RequestLimits
 from perf_pipelines.sidecar.metrics import FleetCollector, build_registry
 from perf_pipelines.sidecar.request_log import RequestLog
 from perf_pipelines.sidecar.routes import ROUTERS
@@ -58,6 +59,13 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    # Inside the request log, so that refusals are logged like any other answer.
+    app.add_middleware(
+        RequestLimits,
+        max_headers=settings.sidecar_max_headers,
+        max_body_bytes=settings.sidecar_max_body_bytes,
+        body_timeout_s=settings.sidecar_body_timeout_s,
+    )
     app.add_middleware(RequestLog)
     return app
 

@@ -10,12 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from perf_pipelines.serving import serve_in_thread
+from perf_pipelines.serving import HttpLimits, limited_config, serve_in_thread
 from perf_pipelines.settings import Settings
 
 AGENT_ID = "perf-test-agent"
@@ -44,9 +43,10 @@ def make_settings(**overrides: Any) -> Settings:
 
 @contextmanager
 def serve(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a thread; yields the base URL."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on"
+    """Serve `app` on a free loopback port in a thread, with the server limits the CLI sets
+    (default HttpLimits); yields the base URL."""
+    config = limited_config(
+        app, "127.0.0.1", 0, HttpLimits(), log_config=None, access_log=False, lifespan="on"
     )
     with serve_in_thread(config, "sidecar") as url:
         yield url
