@@ -66,7 +66,13 @@ def test_finished_runs_before_the_cutoff_go_with_their_event_logs(
 
         remaining = {record.dagster_run.run_id for record in instance.get_run_records()}
         assert remaining == {started.run_id, new}, f"left: {remaining}"
-        assert [run_id for run_id in old if instance.all_logs(run_id)] == []
+        assert [run_id for run_id in old if instance.get_run_by_id(run_id)] == []
+        # Nor any file of theirs: the SQLite event log's file per run (their event logs), the
+        # compute logs.
+        home = tmp_path / "dagster_home"
+        left = [p for p in home.rglob("*") if any(run_id in p.name for run_id in old)]
+        assert left == [], f"files of deleted runs: {left}"
+        assert (home / "history" / "runs" / f"{new}.db").exists()
         assert instance.all_logs(new)
         assert delete_finished_runs(instance, cutoff) == 0
     finally:
