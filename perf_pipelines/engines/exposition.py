@@ -14,8 +14,11 @@ Family keys (what `parse_exposition` returns and `keep` selects):
 - gauge, untyped, info and samples without a TYPE line: key = the sample name.
 - ``*_created`` series of counters and histograms are dropped.
 
-A series that appears twice keeps its last value. Anything that is not valid exposition text
-raises `ExpositionError` (never another exception type), with the line number.
+A series is its name and its set of labels, in any order: a series that appears twice, also
+with its labels written in another order, keeps its last value. Anything that is not valid
+exposition text raises `ExpositionError` (never another exception type), with the line number;
+a body past a cap (series, label text) raises its subclass `ExpositionLimitError`. Only a
+parse still running at its `deadline` raises something else: `TimeoutError`.
 
 Speed (see docs/benchmarks.md): `_parse_line` defines what a line means; the sample lines of
 kept families usually go a faster way that gives the same result for the lines it accepts
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from bisect import bisect_left
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -36,11 +40,25 @@ from typing import NamedTuple
 
 from perf_pipelines.logs import redact_and_clip
 
-__all__ = ["ExpositionError", "MetricFamily", "Sample", "parse_exposition"]
+__all__ = [
+    "ExpositionError",
+    "ExpositionLimitError",
+    "MetricFamily",
+    "Sample",
+    "parse_exposition",
+]
 
 
 class ExpositionError(ValueError):
     """The body is not a valid metrics exposition (or exceeds a cap)."""
+
+
+class ExpositionLimitError(ExpositionError):
+    """The body exceeds a cap on what one target may expose; `limit` names the cap."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -87,6 +105,10 @@ _KNOWN_TYPES = frozenset(
     }
 )
 _ERROR_SNIPPET = 80
+# Sample lines are parsed in slices of about this many characters, with a look at the deadline
+# between two: a 16 MiB body that only the slow line parser accepts takes seconds, and a parse
+# that has lost its caller must end soon after (a thread cannot be stopped from outside).
+_SLICE = 256 * 1024
 
 
 def _unescape(value: str) -> str:
@@ -226,6 +248,30 @@ def _only_lines_of(text: str, start: int, end: int, prefix: str) -> bool:
     return text.count("\n", start - 1, end - 1) == text.count(prefix, start - 1, end - 1)
 
 
+Identity = tuple[str, frozenset[tuple[str, str]]]
+# A series as written ("name{label text}") -> its identity (name, label set). Building a label
+# set costs more than the rest of a line's parse; servers write the same series the same way
+# on every scrape, so this cache makes it a lookup. Bounded: emptied when full.
+_IDENTITIES: dict[str, Identity] = {}
+_IDENTITIES_MAX = 100_000
+
+
+def _identity(written: str, name: str, labels: dict[str, str]) -> Identity:
+    if len(_IDENTITIES) >= _IDENTITIES_MAX:
+        _IDENTITIES.clear()
+    identity = _IDENTITIES[written] = (name, frozenset(labels.items()))
+    return identity
+
+
+def _slice_end(text: str, start: int, end: int) -> int:
+    """Where the slice of sample lines text[start:end] is cut: after the first newline past
+    `_SLICE` characters, or at `end`."""
+    if end - start <= _SLICE:
+        return end
+    cut = text.find("\n", start + _SLICE, end - 1)
+    return end if cut == -1 else cut + 1
+
+
 def _line_number(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
@@ -236,6 +282,8 @@ def parse_exposition(
     keep: Collection[str] | None = None,
     max_series: int = 200_000,
     max_labels: int = 64,
+    max_label_bytes: int | None = None,
+    deadline: float | None = None,
 ) -> dict[str, MetricFamily]:
     """Parse an exposition body into families keyed as described in the module docstring.
 
@@ -244,7 +292,9 @@ def parse_exposition(
     the next comment line, without parsing its samples (two counts check that every line of
     the group starts with the family's name: an untyped family may follow without a comment;
     empty lines at its end, which TGI writes after every family, are skipped with it).
-    `max_series` caps the kept samples and `max_labels` the labels of one sample.
+    `max_series` caps the kept series, `max_labels` the labels of one sample and
+    `max_label_bytes` the UTF-8 bytes of the label text of all kept series together.
+    `deadline` (a `time.monotonic()` value): past it the parse stops with `TimeoutError`.
     """
     if "\x00" in text:
         raise ExpositionError("body contains NUL bytes: not a text exposition")
@@ -257,9 +307,11 @@ def parse_exposition(
         )
     openmetrics = text.rstrip().endswith("# EOF")
     selection = _selection(frozenset(keep)) if keep is not None else None
-    parser = _SampleParser(selection, openmetrics, max_series, max_labels)
+    parser = _SampleParser(selection, openmetrics, max_series, max_labels, max_label_bytes)
     length = len(text)
     position = 0
+    # Where the next comment line starts ("\n#"), found once for all slices before it.
+    comment_at = -1
     # While set: "\n" + the name of an unwanted family whose group may be skipped unread.
     skip_prefix: str | None = None
     skips_empty_lines = False
@@ -289,8 +341,12 @@ def parse_exposition(
                 skip_prefix, skips_empty_lines = None, False  # as for HELP
             position = end + 1
             continue
-        next_comment = text.find("\n#", position)
-        region_end = length if next_comment == -1 else next_comment + 1
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("the parse ran past its deadline")
+        if comment_at < position:
+            comment_at = text.find("\n#", position)
+            comment_at = length if comment_at == -1 else comment_at
+        region_end = _slice_end(text, position, min(comment_at + 1, length))
         lines_end = region_end
         if skips_empty_lines:
             while lines_end - 2 >= position and text[lines_end - 2] == "\n":
@@ -371,20 +427,24 @@ class _SampleParser:
         openmetrics: bool,
         max_series: int,
         max_labels: int,
+        max_label_bytes: int | None = None,
     ) -> None:
         self.selection = selection
         self.keep = selection.keep if selection is not None else None
         self.wanted = selection.wanted if selection is not None else None
         self.openmetrics = openmetrics
         self.max_series = max_series
+        self.max_label_bytes = max_label_bytes
+        self.label_bytes = 0
         # The family the last plain sample went to and its list's append (none yet: _SKIP).
         self._appending_to: tuple[str, str] = _SKIP
         self._append = _NOWHERE.append
         self.max_labels = max_labels
         self.types = _Types()
         self.families: dict[str, MetricFamily] = {}
-        # name{label text} as written -> its sample, to keep the last of duplicate series.
-        self.series: dict[str, Sample] = {}
+        # A series' identity (its name and label set, see `_IDENTITIES`) -> its sample, to keep
+        # the last of duplicate series, also of one written with its labels in another order.
+        self.series: dict[Identity, Sample] = {}
         # Sample name -> (family key, type), _SKIP or _INVALID; valid until the next TYPE line.
         self.resolved: dict[str, tuple[str, str]] = {}
         self.label_names = _LabelNames()
@@ -479,14 +539,17 @@ class _SampleParser:
             timestamp = None if len(parts) == 2 else self._timestamp(parts[2])
         except ValueError:
             return False
-        previous = self.series.get(key)
+        identity = _IDENTITIES.get(key) or _identity(key, name, labels)
+        previous = self.series.get(identity)
         if previous is not None:
             previous.value = value
             previous.timestamp = timestamp
             return True
         if len(self.series) >= self.max_series:
             return False
-        sample = self.series[key] = Sample(name, labels, value, timestamp)
+        if self.max_label_bytes is not None:
+            self._count_label_bytes(key[len(name) + 1 : -1], self.max_label_bytes)
+        sample = self.series[identity] = Sample(name, labels, value, timestamp)
         if family_info is not self._appending_to:
             family = self.families.get(family_info[0])
             if family is None:
@@ -494,6 +557,14 @@ class _SampleParser:
             self._appending_to, self._append = family_info, family.samples.append
         self._append(sample)
         return True
+
+    def _count_label_bytes(self, label_text: str, limit: int) -> None:
+        # The callers pass `max_label_bytes` when it is set: no call per series when it is not.
+        self.label_bytes += (
+            len(label_text) if label_text.isascii() else len(label_text.encode("utf-8", "replace"))
+        )
+        if self.label_bytes > limit:
+            raise ExpositionLimitError("label_bytes", f"label text above {limit} bytes")
 
     def _timestamp(self, text: str) -> float:
         """A plain line's timestamp in seconds; ValueError where `_add` reports it."""
@@ -535,6 +606,8 @@ class _SampleParser:
                 continue
             try:
                 self._parse_line(line)
+            except ExpositionLimitError:
+                raise  # a cap is the body's, not one line's
             except ExpositionError as exc:
                 raise ExpositionError(f"line {_line_number(text, start) + index}: {exc}") from None
 
@@ -626,20 +699,22 @@ class _SampleParser:
                 raise ExpositionError(f"timestamp {stamp_text!r} is not finite")
             # 0.0.4 timestamps are integer milliseconds; OpenMetrics uses seconds.
             timestamp = stamp if self.openmetrics else stamp / 1000.0
-        # The label text as written identifies the series: cheaper than sorting label pairs.
-        # One string, as `parse_region` finds it in the line (a name holds no "{").
-        identity = name + "{" + label_text + "}"
+        # The label text as written finds a series seen before cheaply; one string, as
+        # `parse_region` finds it in the line (a name holds no "{"). Text not seen before is
+        # looked up by the label set, so that the same series with its labels reordered (or
+        # spaced differently) is one series.
+        written = name + "{" + label_text + "}"
+        identity = _IDENTITIES.get(written) or _identity(written, name, labels)
         previous = self.series.get(identity)
         if previous is not None:
             previous.value = value
             previous.timestamp = timestamp
             return
         if len(self.series) >= self.max_series:
-            raise ExpositionError(
-                f"more than {self.max_series} series: refusing an oversized exposition"
-            )
-        sample = Sample(name, labels, value, timestamp)
-        self.series[identity] = sample
+            raise ExpositionLimitError("series", f"more than {self.max_series} series")
+        if self.max_label_bytes is not None:
+            self._count_label_bytes(label_text, self.max_label_bytes)
+        sample = self.series[identity] = Sample(name, labels, value, timestamp)
         key, kind = family_info
         family = self.families.get(key)
         if family is None:

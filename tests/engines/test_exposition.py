@@ -1,5 +1,6 @@
 import contextlib
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,11 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from perf_pipelines.engines import wanted_families
-from perf_pipelines.engines.exposition import ExpositionError, parse_exposition
+from perf_pipelines.engines.exposition import (
+    ExpositionError,
+    ExpositionLimitError,
+    parse_exposition,
+)
 
 EXPOSITIONS = Path(__file__).parent.parent / "fixtures" / "expositions"
 ALL_FIXTURES = sorted(p.name for p in EXPOSITIONS.glob("*.txt"))
@@ -178,3 +183,75 @@ def test_truncated_fragments_raise_nothing_but_exposition_error(lines: list[str]
     text = "".join(lines)
     with contextlib.suppress(ExpositionError):
         parse_exposition(text[: max(0, len(text) - cut)], keep={"vllm:num_requests_running", "h"})
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        'm{b="2",a="1"} 5\n',  # the plain path
+        'm{b="2", a="1"} 5\n',  # the line parser (a space after the comma)
+        'm{b="2",a="1",} 5\n',  # a trailing comma
+    ],
+    ids=["plain", "spaced", "trailing-comma"],
+)
+def test_a_series_with_its_labels_reordered_is_the_same_series(second: str) -> None:
+    (sample,) = parse_exposition('# TYPE m counter\nm{a="1",b="2"} 3\n' + second)["m"].samples
+    assert sample.labels == {"a": "1", "b": "2"} and sample.value == 5  # the last, not 3 + 5
+
+
+def test_reordered_histogram_buckets_are_the_same_buckets() -> None:
+    text = (
+        "# TYPE h histogram\n"
+        'h_bucket{m="x",le="1"} 1\nh_bucket{m="x",le="+Inf"} 2\n'
+        'h_bucket{le="1",m="x"} 3\nh_bucket{le="+Inf",m="x"} 4\n'
+        'h_sum{m="x"} 1\nh_count{m="x"} 4\n'
+    )
+    buckets = [s for s in parse_exposition(text)["h"].samples if s.name == "h_bucket"]
+    assert [(s.labels["le"], s.value) for s in buckets] == [("1", 3), ("+Inf", 4)]
+
+
+def test_the_series_cap_counts_a_reordered_series_once() -> None:
+    text = 'm{a="1",b="2"} 1\nm{b="2",a="1"} 2\n'
+    assert parse_exposition(text, max_series=1)["m"].samples[0].value == 2
+
+
+def test_label_text_cap() -> None:
+    text = "".join(f'g{{i="{i:04d}"}} 1\n' for i in range(100))  # 8 bytes of label text each
+    assert len(parse_exposition(text, max_label_bytes=800)["g"].samples) == 100
+    with pytest.raises(ExpositionLimitError, match="label text above 799 bytes") as caught:
+        parse_exposition(text, max_label_bytes=799)
+    assert caught.value.limit == "label_bytes"
+
+
+def test_label_text_cap_counts_utf8_bytes() -> None:
+    text = 'g{i="ééé"} 1\n'  # `i="ééé"`: 7 characters, 10 bytes
+    parse_exposition(text, max_label_bytes=10)
+    with pytest.raises(ExpositionLimitError):
+        parse_exposition(text, max_label_bytes=9)
+
+
+def test_series_cap_is_a_limit_error() -> None:
+    with pytest.raises(ExpositionLimitError) as caught:
+        parse_exposition('g{i="1"} 1\ng{i="2"} 1\n', max_series=1)
+    assert caught.value.limit == "series"
+
+
+def test_a_parse_past_its_deadline_stops() -> None:
+    # 2 MiB of lines, in slices of 256 KiB: the deadline is looked at between two.
+    text = 'm{a="\\\\x"} 1\n' * (2 * 1024 * 1024 // 14)
+    with pytest.raises(TimeoutError):
+        parse_exposition(text, deadline=time.monotonic() - 1)
+    assert parse_exposition(text, deadline=time.monotonic() + 600)["m"].samples[0].value == 1
+
+
+def test_slices_give_the_same_result_as_one_region() -> None:
+    """A family far longer than one slice, an unwanted one skipped across slices, and an
+    untyped family right after the last slice, without a comment line of its own."""
+    kept = "".join(f'k{{i="{i}"}} {i}\n' for i in range(30_000))
+    skipped = "".join(f's{{i="{i}"}} 1\n' for i in range(30_000))
+    text = f"# TYPE s gauge\n{skipped}# TYPE k gauge\n{kept}u 7\n"
+    assert len(text) > 3 * 256 * 1024
+    families = parse_exposition(text, keep={"k", "u"})
+    assert set(families) == {"k", "u"}
+    assert [s.value for s in families["k"].samples] == list(range(30_000))
+    assert families["u"].samples[0].value == 7
