@@ -92,8 +92,9 @@ class WindowStats:
     batch_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0))  # NaN: not exported
     batch_tokens_mean: float | None = None
     reserved_tokens_per_request: float | None = None  # batch tokens / running, time-weighted
-    # llama.cpp: slots (--parallel, from the targets file; the server does not export it) and
-    # the context each slot gets (--ctx-size / --parallel when the KV cache is split per slot).
+    # llama.cpp: slots (--parallel) and the context each slot gets, as the server's /props
+    # states them (settings `parallel`, `ctx_per_slot`), else from the targets file
+    # (--ctx-size / --parallel when the KV cache is split per slot).
     slots: float | None = None
     ctx_per_slot_tokens: float | None = None
 
@@ -335,13 +336,15 @@ def _token_budget(stats: WindowStats, ratios: np.ndarray, capacities: np.ndarray
 
 
 def _slots(stats: WindowStats) -> None:
-    """llama.cpp: slots and the context of each (the server exports neither)."""
+    """llama.cpp: slots and the context of each (not in /metrics; /props or the targets file)."""
     if stats.engine != "llamacpp":
         return
     slots = _number(stats.settings.get("parallel"))
     ctx = _number(stats.settings.get("ctx_size"))
     stats.slots = slots
-    if slots is not None and ctx is not None:
+    # The server's own figure is right whether its KV cache is split per slot or unified.
+    stats.ctx_per_slot_tokens = _number(stats.settings.get("ctx_per_slot"))
+    if stats.ctx_per_slot_tokens is None and slots is not None and ctx is not None:
         stats.ctx_per_slot_tokens = ctx / slots
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from perf_pipelines.collection.server_settings import ServerSettings, add_llamacpp_settings
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
 from perf_pipelines.engines.exposition import ExpositionError
@@ -176,6 +177,8 @@ class ClientPool:
         self._slots: dict[tuple[str, str, int], asyncio.Semaphore] = {}
         # Building a TLS context loads the CA bundle (milliseconds): do it once, not per origin.
         self._tls = ssl.create_default_context()
+        # llama.cpp's /props, read once per target URL while the pool lives (one run).
+        self.llamacpp_settings: dict[str, ServerSettings] = {}
 
     def _connections(self) -> int:
         return min(self._limits.concurrency, _CONNECTIONS_PER_ORIGIN)
@@ -222,7 +225,17 @@ async def scrape_round(
     async def bounded(target: Target) -> ScrapeResult:
         # The origin's slot first: a task waiting for a busy origin holds no global slot.
         async with pool.slots_for(target), semaphore:
-            return await scrape_target(pool.client_for(target), target, limits)
+            result = await scrape_target(pool.client_for(target), target, limits)
+            if result.up and result.engine is Engine.LLAMACPP:
+                # Its slots and their context are not in /metrics: /props says them.
+                await add_llamacpp_settings(
+                    pool.client_for(target),
+                    target.url,
+                    result.snapshots,
+                    limits.timeout_s,
+                    pool.llamacpp_settings,
+                )
+            return result
 
     return list(await asyncio.gather(*(bounded(t) for t in targets)))
 

@@ -4,9 +4,15 @@ No labels, one model per process, no latency histograms. Current builds count on
 tokens they processed in `prompt_tokens_total` and the reused ones in
 `prompt_tokens_cached_total`; the canonical prompt total is their sum. The KV gauges were
 removed in mid-2025: on newer builds `kv_cache_usage` is None.
+
+The server does not export its slots or their context in /metrics; its `GET /props` says both
+(`total_slots`, and `default_generation_settings.n_ctx`: the context of one slot, whether the
+KV cache is split per slot or unified). `settings_from_props` reads them as current settings.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from perf_pipelines.engines.canonical import CanonicalSnapshot
 from perf_pipelines.engines.series import Families, single_value
@@ -25,6 +31,11 @@ EXTRA = {
     "llamacpp:kv_cache_tokens": "kv_cache_tokens",
     "llamacpp:n_tokens_max": "tokens_max",
 }
+
+# A slot count or a context length past these is not a reading of a real server (a build's
+# --parallel is an int; contexts stop at a few million tokens): refused, not stored.
+MAX_SLOTS = 1 << 16
+MAX_CTX_PER_SLOT = 1 << 26
 
 WANTED = frozenset(
     {PROCESSING, DEFERRED, PROMPT_TOKENS, PROMPT_CACHED, PREDICTED, KV_USAGE, *EXTRA}
@@ -53,3 +64,41 @@ def to_canonical(families: Families) -> list[CanonicalSnapshot]:
             extra=extra,
         )
     ]
+
+
+def _count(value: Any, ceiling: int) -> int | None:
+    """A positive integer no larger than `ceiling`; None for anything else (bools included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value or not 0 < value <= ceiling or int(value) != value:
+        return None
+    return int(value)
+
+
+def settings_from_props(props: Any) -> tuple[dict[str, int], list[str]]:
+    """The current settings a llama-server's `GET /props` body states, in engine-native names:
+    `parallel` (its slots, `total_slots`) and `ctx_per_slot` (`default_generation_settings.n_ctx`),
+    plus the reasons for any value that was present but not a usable count."""
+    if not isinstance(props, dict):
+        return {}, [f"/props is not a JSON object ({type(props).__name__})"]
+    settings: dict[str, int] = {}
+    problems: list[str] = []
+    generation = props.get("default_generation_settings")
+    fields = (
+        ("parallel", "total_slots", props.get("total_slots"), MAX_SLOTS),
+        (
+            "ctx_per_slot",
+            "default_generation_settings.n_ctx",
+            generation.get("n_ctx") if isinstance(generation, dict) else None,
+            MAX_CTX_PER_SLOT,
+        ),
+    )
+    for name, source, value, ceiling in fields:
+        if value is None:
+            continue
+        count = _count(value, ceiling)
+        if count is None:
+            problems.append(f"/props {source} {str(value)[:40]!r} is not a count in 1–{ceiling}")
+        else:
+            settings[name] = count
+    return settings, problems
