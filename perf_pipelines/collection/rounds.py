@@ -6,7 +6,17 @@ from collections.abc import Sequence
 from functools import partial
 
 from perf_pipelines.collection.collector import ScrapeResult
+from perf_pipelines.engines.canonical import CanonicalSnapshot
 from perf_pipelines.storage.snapshots import SnapshotRow
+
+
+def _rejected(snapshot: CanonicalSnapshot) -> str | None:
+    """An up row's `error`: the values refused as outside their domain, and why (they are
+    NULL in the row); None when every value was kept. Our own field names and numbers only,
+    nothing the server wrote as text: no secret to redact."""
+    if not snapshot.rejected:
+        return None
+    return ("values rejected: " + "; ".join(snapshot.rejected))[:500]
 
 
 def rows_from_rounds(run_id: str, rounds: Sequence[Sequence[ScrapeResult]]) -> list[SnapshotRow]:
@@ -29,7 +39,7 @@ def rows_from_rounds(run_id: str, rounds: Sequence[Sequence[ScrapeResult]]) -> l
                 rows.append(row(model=result.target.model, up=False, error=error, snapshot=None))
                 continue
             rows.extend(
-                row(model=snapshot.model, up=True, error=None, snapshot=snapshot)
+                row(model=snapshot.model, up=True, error=_rejected(snapshot), snapshot=snapshot)
                 for snapshot in result.snapshots
             )
     return rows

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from perf_pipelines.engines import llamacpp, sglang, tgi, vllm
 from perf_pipelines.engines.canonical import (
-    CANONICAL_VALUE_FIELDS,
+    DOMAINS,
+    FRACTION,
     HISTOGRAM_FIELDS,
+    NON_NEGATIVE,
+    PAST_TIME,
     CanonicalSnapshot,
     Engine,
+    Histogram,
 )
-from perf_pipelines.engines.exposition import ExpositionError, MetricFamily, parse_exposition
+from perf_pipelines.engines.exposition import (
+    ExpositionError,
+    ExpositionLimitError,
+    MetricFamily,
+    parse_exposition,
+)
 
 MAX_MODEL_LENGTH = 512  # metric_snapshots.model is String(512)
+# A process start time this far ahead of the agent's clock is still taken as clock skew; more is
+# a time that has not come yet.
+CLOCK_SKEW_S = 600.0
 
 _ADAPTERS: dict[Engine, Callable[[Mapping[str, MetricFamily]], list[CanonicalSnapshot]]] = {
     Engine.VLLM: vllm.to_canonical,
@@ -62,11 +75,43 @@ def detect_engine(family_names: Iterable[str]) -> Engine | None:
 
 
 def to_canonical(engine: Engine, families: Mapping[str, MetricFamily]) -> list[CanonicalSnapshot]:
-    return [_storable(snapshot) for snapshot in _ADAPTERS[engine](families)]
+    now = time.time()
+    return [_storable(snapshot, now) for snapshot in _ADAPTERS[engine](families)]
 
 
 def _is_finite_number(value: object) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
+
+
+def _shown(value: float) -> str:
+    """A value as a reason quotes it: -2, 1.7, nan, 4102444800."""
+    if math.isfinite(value) and float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def _out_of_domain(value: float, domain: str, now: float) -> str | None:
+    """Why `value` cannot be a reading of its metric; None when it can."""
+    if not math.isfinite(value):
+        return "not finite"
+    if value < 0:
+        return "negative"
+    if domain == FRACTION and value > 1:
+        return "outside 0–1"
+    if domain == PAST_TIME and value > now + CLOCK_SKEW_S:
+        return "in the future"
+    return None
+
+
+def _histogram_fault(histogram: Histogram) -> str | None:
+    counts = (*histogram.cumulative, histogram.count)
+    if not all(map(math.isfinite, counts)):
+        return "non-finite bucket count"
+    if min(counts) < 0 or (histogram.sum is not None and histogram.sum < 0):
+        return "negative count or sum"
+    if any(b < a for a, b in zip(histogram.cumulative, histogram.cumulative[1:], strict=False)):
+        return "bucket counts not cumulative"
+    return None
 
 
 def _bounded_model(model: str) -> str:
@@ -79,21 +124,30 @@ def _bounded_model(model: str) -> str:
     return f"{model[: MAX_MODEL_LENGTH - 17]}~{digest}"
 
 
-def _storable(snapshot: CanonicalSnapshot) -> CanonicalSnapshot:
-    """What a server sent, reduced to values both databases store: a NaN or ±Inf reading is
-    "not measured" (None), a histogram with a non-finite count is left out, and JSON columns
-    get finite numbers only (PostgreSQL rejects NaN/Infinity in JSON, and one refused row
-    would fail the whole run's insert)."""
-    for name in CANONICAL_VALUE_FIELDS:
-        if not _is_finite_number(getattr(snapshot, name)):
+def _storable(snapshot: CanonicalSnapshot, now: float) -> CanonicalSnapshot:
+    """What a server sent, reduced to values that can be readings of their metrics (DOMAINS):
+    a NaN or ±Inf reading, a negative count or counter, a KV use outside 0–1, a start time in
+    the future, or a histogram with such counts is "not measured" (None), and the reason is
+    kept in `rejected`. JSON columns get finite numbers only (PostgreSQL rejects NaN/Infinity
+    in JSON, and one refused row would fail the whole run's insert)."""
+    rejected = snapshot.rejected
+    for name, domain in DOMAINS.items():
+        value = getattr(snapshot, name)
+        if value is not None and (reason := _out_of_domain(value, domain, now)):
+            rejected.append(f"{name} {_shown(value)} ({reason})")
             setattr(snapshot, name, None)
     for name in HISTOGRAM_FIELDS:
         histogram = getattr(snapshot, name)
-        if histogram is not None and not all(
-            map(math.isfinite, (*histogram.cumulative, histogram.count))
-        ):
+        if histogram is not None and (fault := _histogram_fault(histogram)):
+            rejected.append(f"{name} ({fault})")
             setattr(snapshot, name, None)
-    snapshot.extra = {k: v for k, v in snapshot.extra.items() if _is_finite_number(v)}
+    extra = {}
+    for key, value in snapshot.extra.items():
+        if (reason := _out_of_domain(value, NON_NEGATIVE, now)) is None:
+            extra[key] = value
+        else:
+            rejected.append(f"{key} {_shown(value)} ({reason})")
+    snapshot.extra = extra
     snapshot.settings = {k: v for k, v in snapshot.settings.items() if _is_finite_number(v)}
     if snapshot.model is not None:
         snapshot.model = _bounded_model(snapshot.model)
@@ -101,16 +155,38 @@ def _storable(snapshot: CanonicalSnapshot) -> CanonicalSnapshot:
 
 
 def snapshots_from_text(
-    text: str, engine: Engine | None, *, max_series: int = 200_000
+    text: str,
+    engine: Engine | None,
+    *,
+    max_series: int = 200_000,
+    max_label_bytes: int | None = None,
+    max_models: int | None = None,
+    deadline: float | None = None,
 ) -> tuple[Engine, list[CanonicalSnapshot]]:
-    """Parse a scrape body and map it; raises `ExpositionError` when no engine metric is in it."""
-    families = parse_exposition(text, keep=wanted_families(engine), max_series=max_series)
+    """Parse a scrape body and map it; raises `ExpositionError` when no engine metric is in it,
+    `ExpositionLimitError` past a cap (see `parse_exposition`; `max_models`: snapshots), and
+    `TimeoutError` when the parse is still running at `deadline` (a `time.monotonic()` value)."""
+    families = parse_exposition(
+        text,
+        keep=wanted_families(engine),
+        max_series=max_series,
+        max_label_bytes=max_label_bytes,
+        deadline=deadline,
+    )
     detected = detect_engine(families)
     if detected is None:
         expected = _DISPLAY[engine] if engine else "vLLM/SGLang/TGI/llama.cpp"
         # Only on failure: look for another engine's metrics to say what the server really is.
         other = (
-            detect_engine(parse_exposition(text, keep=_ALL_WANTED, max_series=max_series))
+            detect_engine(
+                parse_exposition(
+                    text,
+                    keep=_ALL_WANTED,
+                    max_series=max_series,
+                    max_label_bytes=max_label_bytes,
+                    deadline=deadline,
+                )
+            )
             if engine
             else None
         )
@@ -118,4 +194,7 @@ def snapshots_from_text(
         raise ExpositionError(
             f"no {expected} metrics found{found}: is metrics export enabled on the server?"
         )
-    return detected, to_canonical(detected, families)
+    snapshots = to_canonical(detected, families)
+    if max_models is not None and len(snapshots) > max_models:
+        raise ExpositionLimitError("models", f"more than {max_models} models")
+    return detected, snapshots

@@ -100,10 +100,25 @@ class CanonicalSnapshot:
     settings: dict[str, Any] = field(default_factory=dict)
     # engine-specific figures that have no canonical column (e.g. TGI's KV reservation ratio)
     extra: dict[str, float] = field(default_factory=dict)
+    # values refused because they are outside their domain (see DOMAINS), each with the reason;
+    # the refused values are None. Stored in the row's `error` column (the row stays up).
+    rejected: list[str] = field(default_factory=list)
 
 
 CANONICAL_VALUE_FIELDS: tuple[str, ...] = tuple(
     f.name
     for f in fields(CanonicalSnapshot)
-    if f.name not in {"model", "settings", "extra", *HISTOGRAM_FIELDS}
+    if f.name not in {"model", "settings", "extra", "rejected", *HISTOGRAM_FIELDS}
 )
+
+# What each value may be. Counts of requests and tokens, counters and the KV pool's size cannot
+# be negative; the KV use is a fraction of the pool; a process started at a Unix time that has
+# passed. `extra` holds counts, seconds and ratios only: none may be negative either.
+NON_NEGATIVE = "non-negative"
+FRACTION = "fraction"
+PAST_TIME = "past time"
+DOMAINS: dict[str, str] = {
+    **dict.fromkeys(CANONICAL_VALUE_FIELDS, NON_NEGATIVE),
+    "kv_cache_usage": FRACTION,
+    "process_start_time": PAST_TIME,
+}

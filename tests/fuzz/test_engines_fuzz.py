@@ -53,7 +53,12 @@ NEVER: dict[Engine, frozenset[str]] = {
 
 def test_every_canonical_field_has_a_declared_source_per_engine() -> None:
     # Keeps SOURCES honest when a canonical field is added.
-    declared = {f.name for f in fields(CanonicalSnapshot)} - {"model", "settings", "extra"}
+    declared = {f.name for f in fields(CanonicalSnapshot)} - {
+        "model",
+        "settings",
+        "extra",
+        "rejected",
+    }
     for engine, table in SOURCES.items():
         assert set(table) == declared, engine
 
@@ -144,7 +149,8 @@ def test_a_wrong_hint_is_a_clear_error(engine: Engine) -> None:
     )
 )
 def test_llamacpp_values_come_through_unchanged_or_as_none(values: dict[str, float]) -> None:
-    """An oracle for the simplest adapter: one unlabelled series per family."""
+    """An oracle for the simplest adapter: one unlabelled series per family. A value outside
+    its metric's domain (±Inf, negative, a KV use above 1) is None, with its reason."""
     body = "".join(f"# TYPE {name} gauge\n{name} {value!r}\n" for name, value in values.items())
     _, (snapshot,) = snapshots_from_text(body, Engine.LLAMACPP)
     fields_of = {
@@ -154,8 +160,16 @@ def test_llamacpp_values_come_through_unchanged_or_as_none(values: dict[str, flo
         "llamacpp:tokens_predicted_total": "generation_tokens_total",
     }
     for name, value in values.items():
-        got = getattr(snapshot, fields_of[name])
-        assert got == (value if math.isfinite(value) else None), (name, value, got)
+        field_name = fields_of[name]
+        got = getattr(snapshot, field_name)
+        upper = 1.0 if field_name == "kv_cache_usage" else math.inf
+        if math.isfinite(value) and 0 <= value <= upper:
+            assert got == value, (name, value, got)
+        else:
+            assert got is None, (name, value, got)
+            # NaN is the formats' "no value" (a summary without observations): not measured.
+            if not math.isnan(value):
+                assert any(r.startswith(f"{field_name} ") for r in snapshot.rejected), snapshot
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,13 @@ FAULTS: dict[str, Fault] = {
     "connection-refused": Fault("refused", down="connection failed"),
 }
 GOOD = {"good-vllm": "/good", "good-sglang": "/sglang"}
+# The `error` of an up row: the values refused as outside their domain, and why (NaN is "no
+# value" in the formats and dropped without a word; ±Inf and the start time in 2100 are refused).
+REJECTED = {
+    "nan-inf": "values rejected: requests_waiting inf (not finite); preemptions_total -inf "
+    "(not finite); ttft_seconds (non-finite bucket count)",
+    "future-timestamps": f"values rejected: process_start_time {FUTURE_S} (in the future)",
+}
 
 
 @dataclass
@@ -296,7 +303,7 @@ def test_each_fault_is_recorded_and_contained(zoo: Zoo, fault: str) -> None:
             assert row.requests_running is None and row.ttft_seconds is None
             assert row.body_bytes is None
             continue
-        assert row.up and row.error is None and row.model == MODEL, row.error
+        assert row.up and row.error == REJECTED.get(fault) and row.model == MODEL, row.error
         _check_up(fault, row)
 
 
@@ -324,8 +331,9 @@ def _check_up(fault: str, row: Any) -> None:
         }
     elif fault == "future-timestamps":
         # Sample timestamps are ignored: rows are stamped with the agent's clock (checked by
-        # the caller), so they stay inside the analysis window. The start time is kept as sent.
+        # the caller), so they stay inside the analysis window. A start time in the future is
+        # not a start time: NULL, with the reason in the row's error (REJECTED).
         assert row.requests_running == 7 and row.preemptions_total == 4
-        assert row.process_start_time == FUTURE_S
+        assert row.process_start_time is None
     else:  # pragma: no cover - every "up" fault has its expectations above
         raise AssertionError(f"no expectation for {fault}")
