@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from perf_pipelines.collection.collector import ScrapeError, read_capped
-from perf_pipelines.logs import REDACT
+from perf_pipelines.logs import REDACT, redact_and_clip
 from perf_pipelines.settings import _check_http_url
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ApiResult:
 
 
 def _short(text: str) -> str:
-    return REDACT(text)[:_ERROR_LIMIT]
+    return redact_and_clip(text, _ERROR_LIMIT)
 
 
 class PrometheusClient:

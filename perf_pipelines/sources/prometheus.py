@@ -47,6 +47,7 @@ from perf_pipelines.collection.rounds import rows_from_rounds
 from perf_pipelines.engines import detect_engine, to_canonical, wanted_families
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
 from perf_pipelines.engines.exposition import MetricFamily, Sample
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.sources.promapi import (
     ApiResult,
     PrometheusClient,
@@ -444,7 +445,7 @@ def build_instant(
             collected_at=collected_at,
             up=False,
             scrape_ms=scrape_ms,
-            error=reason[:500],
+            error=redact_and_clip(reason, 500),
             engine=target.engine_hint,
         )
         return Instant(at_ms, scrape_ts, result)
@@ -534,7 +535,7 @@ class TargetRead:
 
 
 def _failed(read: TargetRead, exc: PrometheusError) -> TargetRead:
-    read.results, read.unknown, read.failed = [], str(exc)[:500], exc
+    read.results, read.unknown, read.failed = [], redact_and_clip(str(exc), 500), exc
     return read
 
 
