@@ -30,7 +30,13 @@ from perf_pipelines.sources.prometheus import read_recent
 from perf_pipelines.storage.db import create_db_engine
 from perf_pipelines.storage.schema import metric_snapshots as table
 from perf_pipelines.targets import Target, dump_targets
-from tests.sources.fake_prometheus import Reply, fake_prometheus, ok
+from tests.sources.fake_prometheus import (
+    Reply,
+    Request,
+    fake_prometheus,
+    matrix_from_exposition,
+    ok,
+)
 from tests.sources.real_prometheus import prometheus_on, scrape_config
 from tests.support.http_servers import Route, closed_port, serve
 from tests.support.prometheus import PrometheusServer, prometheus_available
@@ -64,7 +70,9 @@ def _series_count(prometheus: PrometheusServer, promql: str) -> int:
 # -- 1. Prometheus itself unreachable -------------------------------------------------------
 
 
-def _materialize(targets: list[Target], tmp_path: Path, database_url: str, url: str):  # type: ignore[no-untyped-def]
+def _materialize(  # type: ignore[no-untyped-def]
+    targets: list[Target], tmp_path: Path, database_url: str, url: str, timeout_s: float = 0.5
+):
     path = tmp_path / "targets.yaml"
     path.write_text(dump_targets(targets))
     return materialize(
@@ -76,8 +84,8 @@ def _materialize(targets: list[Target], tmp_path: Path, database_url: str, url: 
                 samples=2,
                 interval_s=1.0,
                 prometheus_url=url,
-                prometheus_timeout_s=0.5,
-                prometheus_cycle_timeout_s=2.0,
+                prometheus_timeout_s=timeout_s,
+                prometheus_cycle_timeout_s=max(2.0, 2 * timeout_s),
                 prometheus_backfill_minutes=0,
             ),
         },
@@ -211,6 +219,25 @@ def test_discovery_lists_a_server_scraped_by_two_jobs_once(twice_scraped: TwiceS
     assert all(s.up for s in servers)
 
 
+def test_a_target_without_current_samples_is_unknown_in_the_run_not_down(
+    twice_scraped: TwiceScraped, tmp_path: Path, sqlite_url: str
+) -> None:
+    """Prometheus answers, but has nothing on one target: the others are stored, that one is
+    counted and named as unknown, not stored down (so nothing reports it down)."""
+    stranger = Target(name="stranger", url="http://127.0.0.1:1/metrics", engine="vllm")
+    targets = [twice_scraped.ha_server, stranger]
+    result = _materialize(targets, tmp_path, sqlite_url, twice_scraped.prometheus.url, 5.0)
+    assert result.success, _failure_text(result)
+    with create_db_engine(sqlite_url).connect() as connection:
+        stored = connection.execute(select(table.c.target, table.c.up)).all()
+    assert sorted(stored) == [("ha-server", True)] * 2, stored
+    (materialization,) = result.asset_materializations_for_node("metric_snapshots")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    counts = [metadata.get(k) for k in ("targets_up", "targets_down", "targets_unknown")]
+    assert counts == [1, 0, 1], metadata
+    assert "no samples in Prometheus" in metadata["unknown"]["stranger"], metadata["unknown"]
+
+
 # -- 3. a removed target after a restart ----------------------------------------------------
 
 
@@ -291,3 +318,59 @@ def test_a_frozen_prometheus_costs_one_cycle_deadline_not_one_query_per_target()
     assert not cycle.rows and not cycle.backfill_rows
     assert cycle.source_error is not None
     assert "PROMETHEUS_CYCLE_TIMEOUT_S" in cycle.source_error, cycle.source_error
+
+
+def test_a_query_that_hangs_costs_its_own_deadline_and_the_others_are_read() -> None:
+    """Per-query deadlines inside the cycle's: two of four targets hang; the other two are
+    read, the two are unknown after one query timeout, well inside the cycle deadline."""
+    targets = [
+        Target(name=f"vllm-{i}", url=f"http://10.0.0.{i}:8000/metrics", engine="vllm")
+        for i in range(1, 5)
+    ]
+    active = ok(
+        {
+            "activeTargets": [
+                {
+                    "scrapeUrl": t.url,
+                    "labels": {"job": t.name, "instance": t.url[7:-8]},
+                    "scrapeInterval": "1s",
+                    "health": "up",
+                    "lastError": "",
+                }
+                for t in targets
+            ]
+        }
+    )
+    now = time.time()
+
+    def query_range(request: Request) -> Reply:
+        promql = request.form["query"][0]
+        target = next(t for t in targets if f'job="{t.name}"' in promql)
+        if target.name in ("vllm-2", "vllm-4"):
+            return Reply(hang=True)
+        instance = target.url[7:-8]
+        return ok(matrix_from_exposition(VLLM_TEXT, [now - 1, now], target.name, instance))
+
+    routes = {"/api/v1/targets": active, "/api/v1/query_range": query_range}
+    with fake_prometheus(routes) as fake:
+        config = PrometheusConfig(fake.url, timeout_s=1.0)  # the cycle's deadline: 60 s
+        started = time.monotonic()
+        cycle = read_cycle(
+            config,
+            targets,
+            "run-1",
+            samples=2,
+            interval_s=1.0,
+            backfill_targets=set(),
+            backfill_minutes=0,
+            backfill_step_s=1.0,
+            now=now,
+        )
+        elapsed = time.monotonic() - started
+    stored = sorted({(row.target, row.up) for row in cycle.rows})
+    assert stored == [("vllm-1", True), ("vllm-3", True)], stored
+    assert elapsed < 1.0 + 1.5, f"the read took {elapsed:.1f}s"
+    assert cycle.source_error is None
+    assert sorted(cycle.unknown) == ["vllm-2", "vllm-4"]
+    for reason in cycle.unknown.values():
+        assert "within 1s (PROMETHEUS_QUERY_TIMEOUT_S)" in reason, reason
