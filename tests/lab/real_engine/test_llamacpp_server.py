@@ -1,0 +1,143 @@
+"""A real llama.cpp llama-server scraped by the real collector: detection, settings from the
+server itself, counters under real load, and a restart inside a window."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from perf_lab.real_engine.llamacpp import Installed
+from perf_lab.real_engine.server import LlamaServer
+from perf_pipelines.analysis.promql import counter_increase
+from perf_pipelines.analysis.window import window_stats
+from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
+from perf_pipelines.collection.rounds import rows_from_rounds
+from perf_pipelines.engines import snapshots_from_text
+from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
+from perf_pipelines.targets import Target
+from tests.support.windows import snapshot_frame
+
+pytestmark = pytest.mark.real_engine
+
+LIMITS = ScrapeLimits(timeout_s=10.0, concurrency=4)
+PROMPT = "Write one sentence about the sea."
+
+
+def _scrape(server: LlamaServer, engine: str = "auto") -> ScrapeResult:
+    target = Target(name="real-llamacpp", url=server.metrics_url, engine=engine)  # type: ignore[arg-type]
+    (results,) = asyncio.run(collect([target], LIMITS))
+    (result,) = results
+    assert result.up, f"scrape of the real server failed: {result.error}"
+    return result
+
+
+def _own_metrics(server: LlamaServer) -> CanonicalSnapshot:
+    """The server's /metrics, read directly and mapped with the engine named."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    _, (snapshot,) = snapshots_from_text(text, Engine.LLAMACPP)
+    return snapshot
+
+
+def _only(result: ScrapeResult) -> CanonicalSnapshot:
+    (snapshot,) = result.snapshots
+    return snapshot
+
+
+def test_auto_target_is_detected_as_llamacpp(server: LlamaServer) -> None:
+    result = _scrape(server, engine="auto")
+    assert result.engine is Engine.LLAMACPP
+    snapshot = _only(result)
+    assert snapshot.rejected == [], snapshot.rejected
+
+
+def test_snapshot_matches_the_servers_own_metrics_slots_and_props(server: LlamaServer) -> None:
+    snapshot = _only(_scrape(server))
+    own = _own_metrics(server)  # idle server: nothing moves between the two reads
+    for name in (
+        "requests_running",
+        "requests_waiting",
+        "prompt_tokens_total",
+        "generation_tokens_total",
+        "prefix_cache_hits_total",
+    ):
+        assert getattr(snapshot, name) == getattr(own, name), name
+    assert snapshot.extra == own.extra
+    props = server.props()
+    slots = server.get_json("/slots")
+    # Current values from the server itself; no targets-file entry says them.
+    assert snapshot.settings == {
+        "parallel": props["total_slots"],
+        "ctx_per_slot": props["default_generation_settings"]["n_ctx"],
+    }
+    assert props["total_slots"] == len(slots) == 2, (props["total_slots"], len(slots))
+    assert {slot["n_ctx"] for slot in slots} == {snapshot.settings["ctx_per_slot"]}
+    # --ctx-size 2048 over --parallel 2, each slot with its own half of the KV cache
+    assert snapshot.settings["ctx_per_slot"] == 1024
+
+
+def test_token_and_decode_counters_grow_under_real_load(server: LlamaServer) -> None:
+    before = _only(_scrape(server))
+    answers = server.load([f"{PROMPT} ({i})" for i in range(4)], n_predict=12, concurrency=4)
+    after = _only(_scrape(server))
+    predicted = sum(answer["tokens_predicted"] for answer in answers)
+    evaluated = sum(answer["tokens_evaluated"] for answer in answers)
+    assert predicted == 4 * 12, answers
+    assert after.generation_tokens_total - before.generation_tokens_total == predicted
+    # prompt total = processed + reused from cache: every prompt token the server was sent
+    assert after.prompt_tokens_total - before.prompt_tokens_total == evaluated
+    decodes = after.extra["decode_calls_total"] - before.extra["decode_calls_total"]
+    # one llama_decode() per generated token at most, fewer when slots are batched together;
+    # at least the longest request's generation steps
+    assert 12 <= decodes <= predicted + 4, decodes
+    assert after.extra["predicted_seconds_total"] > before.extra["predicted_seconds_total"]
+    assert after.requests_running == 0 and after.requests_waiting == 0
+
+
+def test_window_knows_slots_and_context_without_a_targets_file_entry(
+    server: LlamaServer,
+) -> None:
+    rounds = [[_scrape(server)]]
+    answers = server.load([f"{PROMPT} <{i}>" for i in range(2)], n_predict=10, concurrency=2)
+    rounds.append([_scrape(server)])
+    frame = snapshot_frame(rows_from_rounds("real-run", rounds))
+    times = frame["collected_at"]
+    (stats,) = window_stats(frame, {}, times.min(), times.max())
+    assert stats.engine == "llamacpp"
+    assert stats.slots == 2 and stats.ctx_per_slot_tokens == 1024, stats.settings
+    assert stats.batch_limit == 2 and stats.batch_limit_source == "parallel from server settings"
+    assert stats.increases["generation_tokens"] == sum(a["tokens_predicted"] for a in answers)
+
+
+def test_a_restart_mid_window_is_a_counter_reset(llama: Installed) -> None:
+    samples: list[float | None] = []
+    generated = 0
+    port = None
+    for lifetime in range(2):
+        with LlamaServer(
+            llama.binary, llama.model, port=port, parallel=2, ctx_size=2048, threads=2
+        ) as server:
+            port = server.port  # the same target restarted, as an operator would
+            samples.append(_only(_scrape(server)).generation_tokens_total)
+            answers = server.load([f"{PROMPT} [{lifetime}]"] * 2, n_predict=8, concurrency=2)
+            generated += sum(answer["tokens_predicted"] for answer in answers)
+            samples.append(_only(_scrape(server)).generation_tokens_total)
+        # the process is gone before the next one starts: its counters start again at 0
+    assert samples[2] == 0 and samples[1] == 16, samples
+    # PromQL's increase(): the drop is a restart, the new value counts from 0
+    assert counter_increase(samples) == generated == 32, samples
+
+
+def test_server_that_is_gone_is_a_recorded_failure(llama: Installed) -> None:
+    with LlamaServer(llama.binary, llama.model, parallel=1, ctx_size=512, threads=2) as server:
+        url = server.metrics_url
+    started = time.monotonic()
+    target = Target(name="stopped", url=url, engine="auto")
+    (results,) = asyncio.run(collect([target], LIMITS))
+    assert not results[0].up
+    assert "connection failed" in (results[0].error or ""), results[0].error
+    assert time.monotonic() - started < LIMITS.timeout_s
