@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     scrape_timeout_s: float = Field(5.0, gt=0, le=120)
     scrape_concurrency: int = Field(64, ge=1, le=4096)
     scrape_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # Caps per target; past one the target is stored down with the reason (README.md: why these
+    # defaults). A real vLLM page keeps ~200 series of the families we read per model and rank.
+    scrape_max_series: int = Field(50_000, ge=10, le=10_000_000)
+    scrape_max_models: int = Field(256, ge=1, le=100_000)
+    scrape_max_label_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     # 8 samples 5 s apart span 35 s: one cycle shows a condition held DETECTION_MIN_SUSTAINED_S
     scrape_samples: int = Field(8, ge=1, le=100, description="samples per target per cycle")
     scrape_interval_s: float = Field(5.0, ge=0, le=600, description="pause between samples")

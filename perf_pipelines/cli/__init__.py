@@ -138,6 +138,9 @@ def scrape(path: Path | None) -> None:
         timeout_s=settings.scrape_timeout_s,
         concurrency=settings.scrape_concurrency,
         max_bytes=settings.scrape_max_bytes,
+        max_series=settings.scrape_max_series,
+        max_models=settings.scrape_max_models,
+        max_label_bytes=settings.scrape_max_label_bytes,
     )
     (results,) = asyncio.run(collect(targets, limits))
     for result in results:

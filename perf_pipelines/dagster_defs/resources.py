@@ -87,6 +87,9 @@ class ScraperResource(ConfigurableResource["ScraperResource"]):
     timeout_s: float = 5.0
     concurrency: int = 64
     max_bytes: int = 16 * 1024 * 1024
+    max_series: int = 50_000
+    max_models: int = 256
+    max_label_bytes: int = 8 * 1024 * 1024
     samples: int = 8
     interval_s: float = 5.0
     prometheus_url: str | None = None

@@ -84,6 +84,9 @@ def metric_snapshots(
             timeout_s=scraper.timeout_s,
             concurrency=scraper.concurrency,
             max_bytes=scraper.max_bytes,
+            max_series=scraper.max_series,
+            max_models=scraper.max_models,
+            max_label_bytes=scraper.max_label_bytes,
         )
         rounds = asyncio.run(collect(target_list, limits, scraper.samples, scraper.interval_s))
         rows = rows_from_rounds(context.run.run_id, rounds)

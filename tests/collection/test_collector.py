@@ -1,12 +1,18 @@
 """The collector against real HTTP servers on loopback, good and misbehaving."""
 
 import asyncio
+import gzip
+import os
 import time
+import zlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from perf_pipelines.collection.collector import ScrapeLimits, collect
+from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
 from perf_pipelines.targets import Target
+from tests.reliability.support import TEXT, Responder, serve_lazily
 from tests.support.http_servers import Route, closed_port, serve
 
 VLLM_BODY = b"""# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -175,3 +181,90 @@ def test_several_samples_are_taken_at_the_interval() -> None:
     assert all(r[0].up for r in rounds)
     assert rounds[0][0].collected_at < rounds[1][0].collected_at < rounds[2][0].collected_at
     assert elapsed >= 0.4
+
+
+# -- content codings: inflated by the collector, in bounded steps ------------------------------
+
+
+def _deflate(data: bytes, wbits: int) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _encoded(body: bytes, encoding: str, seen: list[str]) -> Responder:
+    def respond(handler: Any) -> None:
+        seen.append(handler.headers.get("Accept-Encoding", ""))
+        handler.send_response(200)
+        handler.send_header("Content-Type", TEXT)
+        handler.send_header("Content-Encoding", encoding)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return respond
+
+
+def _scrape_encoded(body: bytes, encoding: str, limits: ScrapeLimits = LIMITS) -> ScrapeResult:
+    seen: list[str] = []
+    with serve_lazily({"/metrics": _encoded(body, encoding, seen)}) as server:
+        (results,) = asyncio.run(collect([_target("t", server.base_url + "/metrics")], limits))
+    assert seen == ["gzip, deflate"]  # only what the collector inflates itself
+    return results[0]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("identity", lambda b: b),
+        ("gzip", gzip.compress),
+        ("x-gzip", gzip.compress),
+        ("deflate", lambda b: _deflate(b, zlib.MAX_WBITS)),  # zlib-wrapped, as RFC 9110 says
+        ("deflate", lambda b: _deflate(b, -zlib.MAX_WBITS)),  # raw, as some servers send
+        ("gzip, gzip", lambda b: gzip.compress(gzip.compress(b))),
+        ("deflate, gzip", lambda b: gzip.compress(_deflate(b, zlib.MAX_WBITS))),
+    ],
+    ids=["identity", "gzip", "x-gzip", "deflate-zlib", "deflate-raw", "gzip-gzip", "deflate-gzip"],
+)
+def test_compressed_bodies_are_inflated(encoding: str, encode: Callable[[bytes], bytes]) -> None:
+    result = _scrape_encoded(encode(VLLM_BODY), encoding)
+    assert result.up, result.error
+    assert result.snapshots[0].requests_running == 7
+    assert result.body_bytes == len(VLLM_BODY)
+
+
+def test_a_body_inflated_in_many_steps_is_whole() -> None:
+    # 3 MiB of distinct series, in gzip: dozens of 64 KiB inflate steps over many received chunks.
+    body = VLLM_BODY + b"".join(
+        b'vllm:num_requests_waiting{engine="%d",model_name="other"} %d\n' % (i, i)
+        for i in range(50_000)
+    )
+    limits = ScrapeLimits(timeout_s=10, max_bytes=16 * 1024 * 1024, max_series=100_000)
+    result = _scrape_encoded(gzip.compress(body), "gzip", limits)
+    assert result.up, result.error
+    assert result.body_bytes == len(body)
+    waiting = {s.model: s.requests_waiting for s in result.snapshots}
+    assert waiting["other"] == sum(range(50_000))
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "reason"),
+    [
+        (gzip.compress(VLLM_BODY)[:-20], "gzip", "compressed body ends early (gzip; truncated?)"),
+        (b"\x1f\x8b\x08\x00garbage-garbage", "gzip", "compressed body is corrupt (gzip: "),
+        (VLLM_BODY, "gzip, gzip, gzip", "3 content codings stacked; at most 2"),
+        (VLLM_BODY, "br", "unsupported Content-Encoding 'br'"),
+        (VLLM_BODY, "zstd", "unsupported Content-Encoding 'zstd'"),
+        (
+            gzip.compress(os.urandom(700 * 1024).hex().encode()),
+            "gzip",
+            "compressed body inflates past the 1048576-byte cap",
+        ),
+    ],
+    ids=["truncated", "corrupt", "three-layers", "brotli", "zstd", "past-the-cap"],
+)
+def test_bad_compressed_bodies_are_down_with_a_reason(
+    body: bytes, encoding: str, reason: str
+) -> None:
+    result = _scrape_encoded(body, encoding)
+    assert not result.up
+    assert (result.error or "").startswith(reason), result.error
