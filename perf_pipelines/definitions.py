@@ -19,11 +19,13 @@ from perf_pipelines.dagster_defs.analysis import (
     recommendations_consistent,
     tuning_recommendations,
 )
+from perf_pipelines.dagster_defs.catalog import on_schedule
 from perf_pipelines.dagster_defs.health import (
     HealthResource,
     agent_health,
     health_check,
     health_check_schedule,
+    orchestrator_events,
 )
 from perf_pipelines.dagster_defs.jobs import optimization_cycle, optimization_cycle_schedule
 from perf_pipelines.dagster_defs.outcomes import no_regressions, recommendation_outcomes
@@ -125,11 +127,18 @@ def build_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[
-            metric_snapshots,
-            bottleneck_reports,
-            tuning_recommendations,
-            recommendation_outcomes,
-            agent_health,
+            # Each with the freshness of the schedule that materializes it.
+            *on_schedule(
+                [
+                    metric_snapshots,
+                    bottleneck_reports,
+                    tuning_recommendations,
+                    recommendation_outcomes,
+                ],
+                settings.optimization_cycle_cron,
+            ),
+            *on_schedule([agent_health], settings.health_check_cron),
+            orchestrator_events,
         ],
         asset_checks=[
             targets_reachable,

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetExecutionContext,
+    Failure,
     MaterializeResult,
     MetadataValue,
     asset_check,
@@ -19,7 +20,14 @@ from sqlalchemy import Connection, func, select
 
 from perf_pipelines.analysis.detection import detect
 from perf_pipelines.analysis.window import window_stats
-from perf_pipelines.dagster_defs.cycle_asset import cycle_asset, log_summary
+from perf_pipelines.dagster_defs.catalog import row_count
+from perf_pipelines.dagster_defs.cycle_asset import (
+    BATCH_ID,
+    batch_metadata,
+    batch_of,
+    cycle_asset,
+    log_summary,
+)
 from perf_pipelines.dagster_defs.resources import (
     AnalysisResource,
     DatabaseResource,
@@ -32,6 +40,7 @@ from perf_pipelines.recommendations.rules import Advice, advise
 from perf_pipelines.storage.reports import upsert_recommendations, write_reports
 from perf_pipelines.storage.retention import expire_stale_recommendations
 from perf_pipelines.storage.schema import bottleneck_reports as reports_table
+from perf_pipelines.storage.schema import metric_snapshots as snapshots_table
 from perf_pipelines.storage.schema import tuning_recommendations as recommendations_table
 from perf_pipelines.storage.snapshots import load_snapshots
 
@@ -42,10 +51,12 @@ _PREVIEW = 20
 @cycle_asset(
     deps=[metric_snapshots],
     description=(
-        "Bottlenecks per target and model over the last ANALYSIS_WINDOW_MINUTES of snapshots: "
-        "KV-cache pressure, preemption, queue saturation, TTFT/ITL SLO breaches, "
-        "under-utilisation and targets down, each with its evidence."
+        "Bottlenecks per target and model over the ANALYSIS_WINDOW_MINUTES of snapshots that end "
+        "with the latest `metric_snapshots` batch: KV-cache pressure, preemption, queue "
+        "saturation, TTFT/ITL SLO breaches, under-utilisation and targets down, each with its "
+        "evidence."
     ),
+    table=reports_table,
 )
 def bottleneck_reports(
     context: AssetExecutionContext,
@@ -54,17 +65,33 @@ def bottleneck_reports(
     analysis: AnalysisResource,
 ) -> MaterializeResult[None]:
     target_map = targets.by_name()
-    end = datetime.now(UTC)
-    start = end - timedelta(minutes=analysis.window_minutes)
+    snapshots_batch = batch_of(context, metric_snapshots.key)
     engine = database.get_engine()
     with engine.connect() as connection:
+        # The window ends with the batch, not with the clock: re-materialized later (alone, or
+        # re-executed from failure) it covers the same snapshots as in the cycle that made them.
+        end = connection.execute(
+            select(func.max(snapshots_table.c.collected_at)).where(
+                snapshots_table.c.run_id == snapshots_batch
+            )
+        ).scalar()
+        if end is None:
+            raise Failure(
+                description=(
+                    f"the latest metric_snapshots batch ({snapshots_batch}) has no rows in the "
+                    "database (deleted by retention, or another database): materialize "
+                    "metric_snapshots again"
+                )
+            )
+        start = end - timedelta(minutes=analysis.window_minutes)
         frame = load_snapshots(
             connection, start, end, targets=list(target_map), decode_histograms=False
         )
     stats = window_stats(frame, target_map, start, end)
     detection = detect(stats, target_map, analysis.detection_config())
     with engine.begin() as connection:
-        write_reports(connection, context.run.run_id, detection.reports, end)
+        write_reports(connection, context.run.run_id, detection.reports, datetime.now(UTC))
+        size = row_count(connection, reports_table)
     ordered = sorted(detection.reports, key=lambda r: (_SEVERITY_ORDER[r.severity], -r.score))
     severities = Counter(r.severity for r in detection.reports)
     problems = [
@@ -110,12 +137,16 @@ def bottleneck_reports(
                     ][:_PREVIEW],
                 )
             ),
+            "snapshots_batch_id": MetadataValue.text(snapshots_batch),
+            "window_end": MetadataValue.text(end.isoformat()),
+            **batch_metadata(context),
+            **size,
         }
     )
 
 
-def _reports_of_run(connection: Connection, run_id: str) -> list[BottleneckReport]:
-    rows = connection.execute(select(reports_table).where(reports_table.c.run_id == run_id)).all()
+def _reports_of_batch(connection: Connection, batch: str) -> list[BottleneckReport]:
+    rows = connection.execute(select(reports_table).where(reports_table.c.run_id == batch)).all()
     return [
         BottleneckReport(
             r.target,
@@ -137,8 +168,11 @@ def _reports_of_run(connection: Connection, run_id: str) -> list[BottleneckRepor
     deps=[bottleneck_reports],
     description=(
         "KV-cache, quantization and batch-size advice in each engine's own flags, with rationale, "
-        "evidence, expected effect and confidence; supersedes older open advice."
+        "evidence, expected effect and confidence, from the latest `bottleneck_reports` batch; "
+        "supersedes older open advice. An orchestrator reads it (SQL, or the sidecar) and "
+        "answers applied or rejected through the sidecar."
     ),
+    table=recommendations_table,
 )
 def tuning_recommendations(
     context: AssetExecutionContext,
@@ -148,9 +182,9 @@ def tuning_recommendations(
 ) -> MaterializeResult[None]:
     target_map = targets.by_name()
     engine = database.get_engine()
-    run_id = context.run.run_id
+    reports_batch = batch_of(context, bottleneck_reports.key)
     with engine.connect() as connection:
-        reports = _reports_of_run(connection, run_id)
+        reports = _reports_of_batch(connection, reports_batch)
         if reports:
             start, end = reports[0].window_start, reports[0].window_end
             frame = load_snapshots(
@@ -173,13 +207,18 @@ def tuning_recommendations(
                     reports_table.c.target,
                     reports_table.c.model,
                     reports_table.c.kind,
-                ).where(reports_table.c.run_id == run_id)
+                ).where(reports_table.c.run_id == reports_batch)
             ).all()
         }
-        result = upsert_recommendations(connection, run_id, recommendations, now, report_ids)
+        # Rows carry the run that gave the advice last; their ids are deterministic, so giving
+        # the same advice again (a retry, a re-execution) refreshes rows instead of adding them.
+        result = upsert_recommendations(
+            connection, context.run.run_id, recommendations, now, report_ids
+        )
         expired = expire_stale_recommendations(
             connection, now - timedelta(minutes=analysis.recommendation_ttl_minutes), now
         )
+        size = row_count(connection, recommendations_table)
     log_summary(
         context,
         f"{len(recommendations)} recommendation(s), "
@@ -217,20 +256,25 @@ def tuning_recommendations(
                     ],
                 )
             ),
+            "reports_batch_id": MetadataValue.text(reports_batch),
+            **batch_metadata(context),
+            **size,
         }
     )
 
 
+# Not blocking: a critical bottleneck is what advice is for.
 @asset_check(
-    asset=bottleneck_reports, description="Warns when this run found a critical bottleneck."
+    asset=bottleneck_reports, description="Warns when the batch has a critical bottleneck."
 )
 def no_critical_bottlenecks(
     context: AssetCheckExecutionContext, database: DatabaseResource
 ) -> AssetCheckResult:
+    batch = batch_of(context, bottleneck_reports.key)
     with database.get_engine().connect() as connection:
         critical = connection.execute(
             select(reports_table.c.target, reports_table.c.kind).where(
-                reports_table.c.run_id == context.run.run_id, reports_table.c.severity == "critical"
+                reports_table.c.run_id == batch, reports_table.c.severity == "critical"
             )
         ).all()
     return AssetCheckResult(
@@ -239,10 +283,16 @@ def no_critical_bottlenecks(
         description="no critical bottleneck"
         if not critical
         else f"{len(critical)} critical bottleneck(s)",
-        metadata={"critical": MetadataValue.json([f"{t}: {k}" for t, k in critical[:50]])},
+        metadata={
+            "critical": MetadataValue.json([f"{t}: {k}" for t, k in critical[:50]]),
+            BATCH_ID: MetadataValue.text(batch),
+        },
     )
 
 
+# Not blocking: it judges advice already written (the orchestrator reads the table as soon as
+# the step commits), and blocking would only hold back recommendation_outcomes, which judges
+# advice applied earlier and is unrelated to a clash.
 @asset_check(
     asset=tuning_recommendations,
     description="Fails when a target has more than one open recommendation for one parameter.",

@@ -25,14 +25,17 @@ from dagster import (
     RunRecord,
     RunsFilter,
     ScheduleDefinition,
-    asset,
     define_asset_job,
     in_process_executor,
 )
 from sqlalchemy.engine import make_url
 
+from perf_pipelines.dagster_defs.analysis import bottleneck_reports, tuning_recommendations
+from perf_pipelines.dagster_defs.catalog import orchestrator_events_spec, row_count, table_asset
 from perf_pipelines.dagster_defs.jobs import running_schedule
+from perf_pipelines.dagster_defs.outcomes import recommendation_outcomes
 from perf_pipelines.dagster_defs.resources import AgentResource, DatabaseResource, TargetsResource
+from perf_pipelines.dagster_defs.snapshots import metric_snapshots
 from perf_pipelines.formatting import markdown_table
 from perf_pipelines.health import (
     ComponentHealth,
@@ -47,6 +50,7 @@ from perf_pipelines.health import (
 )
 from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.storage.db import HEAD_REVISION
+from perf_pipelines.storage.schema import agent_health as agent_health_table
 from perf_pipelines.targets import TargetsError
 
 OPTIMIZATION_CYCLE_JOB = "optimization_cycle"
@@ -107,13 +111,36 @@ def _components_table(components: dict[str, ComponentHealth]) -> str:
     return markdown_table(["component", "status", "ms", "detail"], rows)
 
 
-@asset(
+# The orchestrator link's table, written by the heartbeat sensor from a summary of the cycle's
+# tables, read back by agent_health: declared so that lineage shows both sides.
+orchestrator_events = orchestrator_events_spec(
+    reads=[
+        metric_snapshots.key,
+        bottleneck_reports.key,
+        tuning_recommendations.key,
+        recommendation_outcomes.key,
+    ]
+)
+
+
+@table_asset(
+    agent_health_table,
     group_name="health",
     kinds={"python", "sql"},
+    # What the check reads: the cycle's tables (latest collection, open advice, regressions)
+    # and the orchestrator link's attempts. The sidecar and the orchestrator read its rows.
+    deps=[
+        metric_snapshots,
+        bottleneck_reports,
+        tuning_recommendations,
+        recommendation_outcomes,
+        orchestrator_events,
+    ],
     description=(
         "Checks the agent's database (reachable, migrations at head), targets (latest collection "
         "run), Dagster (age of the last successful optimization_cycle), orchestrator (latest "
-        "heartbeat events) and cache (Redis PING) and appends one row to `agent_health`."
+        "heartbeat events) and cache (Redis PING) and appends one row to `agent_health`, which "
+        "the sidecar serves to the orchestrator."
     ),
 )
 def agent_health(
@@ -164,6 +191,7 @@ def agent_health(
             agent_id=agent.agent_id,
             components=components,
         )
+        size = row_count(connection, agent_health_table)
     status = row["status"]
     troubled = {n: c for n, c in components.items() if c.status in ("degraded", "down")}
     for name, component in troubled.items():
@@ -175,6 +203,7 @@ def agent_health(
             "components_not_ok": MetadataValue.int(len(troubled)),
             "components": MetadataValue.md(_components_table(components)),
             "checked_at": MetadataValue.text(now.isoformat()),
+            **size,
         }
     )
 

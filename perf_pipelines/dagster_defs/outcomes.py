@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from perf_pipelines.analysis.outcomes import evaluate_outcome
 from perf_pipelines.dagster_defs.analysis import tuning_recommendations
+from perf_pipelines.dagster_defs.catalog import row_count
 from perf_pipelines.dagster_defs.cycle_asset import cycle_asset
 from perf_pipelines.dagster_defs.resources import (
     AnalysisResource,
@@ -36,8 +37,10 @@ from perf_pipelines.storage.snapshots import load_snapshots
     description=(
         "For advice marked applied: compares the window before the change with an equally long "
         "window after it (SLO attainment, TTFT/ITL p95, preemptions, queue, throughput) and sets "
-        "`outcome` to improved, no_change or regressed with the evidence."
+        "`outcome` to improved, no_change or regressed with the evidence. Its rows are those "
+        "of `tuning_recommendations` the orchestrator marked applied through the sidecar."
     ),
+    table=recommendations_table,
 )
 def recommendation_outcomes(
     context: AssetExecutionContext,
@@ -78,6 +81,7 @@ def recommendation_outcomes(
     with engine.begin() as connection:
         for rec, result in judged:
             record_outcome(connection, rec.id, result.outcome, result.evidence)
+        size = row_count(connection, recommendations_table)
     counts = Counter(result.outcome or "not judged" for _, result in judged)
     rows = [
         [
@@ -99,6 +103,7 @@ def recommendation_outcomes(
             "outcomes": MetadataValue.md(
                 markdown_table(["target", "flag", "applied value", "outcome", "why"], rows)
             ),
+            **size,
         }
     )
 

@@ -21,7 +21,14 @@ from sqlalchemy import and_, func, or_, select
 
 from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
-from perf_pipelines.dagster_defs.cycle_asset import cycle_asset, log_summary
+from perf_pipelines.dagster_defs.catalog import row_count
+from perf_pipelines.dagster_defs.cycle_asset import (
+    BATCH_ID,
+    batch_metadata,
+    batch_of,
+    cycle_asset,
+    log_summary,
+)
 from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
 from perf_pipelines.formatting import format_value, markdown_table
 from perf_pipelines.sources.cycle import read_cycle, targets_needing_backfill
@@ -59,6 +66,7 @@ def _preview(results: list[ScrapeResult]) -> str:
         "SCRAPE_INTERVAL_S apart), or reads the same series from PROMETHEUS_URL when set, and "
         "appends canonical rows to the `metric_snapshots` table."
     ),
+    table=metric_snapshots_table,
 )
 def metric_snapshots(
     context: AssetExecutionContext,
@@ -94,6 +102,7 @@ def metric_snapshots(
     # One transaction for the whole run: a failure leaves no partial rows behind.
     with database.get_engine().begin() as connection:
         inserted = insert_snapshots(connection, rows)
+        size = row_count(connection, metric_snapshots_table)
 
     down = [r for r in last_round if not r.up]
     engines = Counter(r.engine.value for r in last_round if r.engine)
@@ -115,6 +124,8 @@ def metric_snapshots(
             "engines": MetadataValue.json(dict(engines)),
             "preview": MetadataValue.md(_preview(last_round)),
             **source_metadata,
+            **batch_metadata(context),
+            **size,
         }
     )
 
@@ -166,21 +177,24 @@ def _read_prometheus(
     return cycle.rows + cycle.backfill_rows, cycle.latest, cycle.samples, metadata
 
 
+# Not blocking: a target that is down is reported (a `target_down` report, this warning) while
+# advice for the others goes on; and Dagster blocks only on ERROR severity anyway.
 @asset_check(
     asset=metric_snapshots,
-    description="Warns when targets could not be scraped in this run's latest sample.",
+    description="Warns when targets could not be scraped in the batch's latest sample.",
 )
 def targets_reachable(
     context: AssetCheckExecutionContext, database: DatabaseResource
 ) -> AssetCheckResult:
     table = metric_snapshots_table
+    batch = batch_of(context, metric_snapshots.key)
     with database.get_engine().connect() as connection:
         last_sample = connection.execute(
-            select(func.max(table.c.sample_index)).where(table.c.run_id == context.run.run_id)
+            select(func.max(table.c.sample_index)).where(table.c.run_id == batch)
         ).scalar()
         rows = connection.execute(
             select(table.c.target, table.c.up, table.c.error).where(
-                table.c.run_id == context.run.run_id, table.c.sample_index == last_sample
+                table.c.run_id == batch, table.c.sample_index == last_sample
             )
         ).all()
     down = sorted({(row.target, row.error or "") for row in rows if not row.up})
@@ -196,15 +210,20 @@ def targets_reachable(
             "targets_checked": len({row.target for row in rows}),
             "targets_down": len(down),
             "down": MetadataValue.md(markdown_table(["target", "error"], [list(d) for d in down])),
+            BATCH_ID: MetadataValue.text(batch),
         },
     )
 
 
+# Blocking: it guards publication. When it fails, bottleneck_reports and tuning_recommendations
+# do not run, so no advice rests on impossible values, and the run fails naming this check.
 @asset_check(
     asset=metric_snapshots,
+    blocking=True,
     description=(
         "Fails when stored values are impossible: KV use outside 0–1, negative gauges or "
-        "counters, or an 'up' row without any canonical value."
+        "counters, or an 'up' row without any canonical value. Blocking: no report or "
+        "recommendation is written from a batch that fails it."
     ),
 )
 def snapshot_values_valid(
@@ -225,15 +244,25 @@ def snapshot_values_valid(
         *(column < 0 for column in non_negative),
         and_(table.c.up.is_(True), *(column.is_(None) for column in non_negative)),
     )
+    batch = batch_of(context, metric_snapshots.key)
     with database.get_engine().connect() as connection:
         bad = connection.execute(
             select(table.c.target, table.c.model, table.c.sample_index)
-            .where(table.c.run_id == context.run.run_id, impossible)
+            .where(table.c.run_id == batch, impossible)
             .limit(20)
         ).all()
+    targets = sorted({row.target for row in bad})
     return AssetCheckResult(
         passed=not bad,
         severity=AssetCheckSeverity.ERROR,
-        description="all values plausible" if not bad else f"{len(bad)} implausible row(s)",
-        metadata={"bad_rows": MetadataValue.json([list(map(str, row)) for row in bad])},
+        description=(
+            "all values plausible"
+            if not bad
+            else f"{len(bad)} implausible row(s) from {', '.join(targets[:10])}: "
+            "no advice is published from this batch"
+        ),
+        metadata={
+            "bad_rows": MetadataValue.json([list(map(str, row)) for row in bad]),
+            BATCH_ID: MetadataValue.text(batch),
+        },
     )
