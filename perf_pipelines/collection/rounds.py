@@ -7,6 +7,7 @@ from functools import partial
 
 from perf_pipelines.collection.collector import ScrapeResult
 from perf_pipelines.engines.canonical import CanonicalSnapshot
+from perf_pipelines.logs import redact_and_clip
 from perf_pipelines.storage.snapshots import SnapshotRow
 
 
@@ -16,7 +17,7 @@ def _rejected(snapshot: CanonicalSnapshot) -> str | None:
     nothing the server wrote as text: no secret to redact."""
     if not snapshot.rejected:
         return None
-    return ("values rejected: " + "; ".join(snapshot.rejected))[:500]
+    return redact_and_clip("values rejected: " + "; ".join(snapshot.rejected), 500)
 
 
 def rows_from_rounds(run_id: str, rounds: Sequence[Sequence[ScrapeResult]]) -> list[SnapshotRow]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from perf_pipelines.engines.canonical import CanonicalSnapshot
 from perf_pipelines.engines.series import Families, single_value
+from perf_pipelines.logs import redact_and_clip
 
 PROCESSING = "llamacpp:requests_processing"
 DEFERRED = "llamacpp:requests_deferred"
@@ -98,7 +99,8 @@ def settings_from_props(props: Any) -> tuple[dict[str, int], list[str]]:
             continue
         count = _count(value, ceiling)
         if count is None:
-            problems.append(f"/props {source} {str(value)[:40]!r} is not a count in 1–{ceiling}")
+            shown = redact_and_clip(str(value), 40)
+            problems.append(f"/props {source} {shown!r} is not a count in 1–{ceiling}")
         else:
             settings[name] = count
     return settings, problems
