@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from perf_lab.real_engine.llamacpp import Installed
-from perf_lab.real_engine.server import LlamaServer
+from perf_lab.real_engine.server import LlamaServer, ServerError
 from perf_pipelines.analysis.promql import counter_increase
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
@@ -48,6 +49,18 @@ def _only(result: ScrapeResult) -> CanonicalSnapshot:
     return snapshot
 
 
+def _after(server: LlamaServer, generated: float, deadline_s: float = 60.0) -> CanonicalSnapshot:
+    """A scrape once the server has counted `generated` tokens in all and is idle: it counts a
+    request when its slot is released, just after the answer is sent."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        snapshot = _only(_scrape(server))
+        settled = snapshot.generation_tokens_total == generated and snapshot.requests_running == 0
+        if settled or time.monotonic() > deadline:
+            return snapshot
+        time.sleep(0.05)
+
+
 def test_auto_target_is_detected_as_llamacpp(server: LlamaServer) -> None:
     result = _scrape(server, engine="auto")
     assert result.engine is Engine.LLAMACPP
@@ -83,8 +96,8 @@ def test_snapshot_matches_the_servers_own_metrics_slots_and_props(server: LlamaS
 def test_token_and_decode_counters_grow_under_real_load(server: LlamaServer) -> None:
     before = _only(_scrape(server))
     answers = server.load([f"{PROMPT} ({i})" for i in range(4)], n_predict=12, concurrency=4)
-    after = _only(_scrape(server))
     predicted = sum(answer["tokens_predicted"] for answer in answers)
+    after = _after(server, (before.generation_tokens_total or 0) + predicted)
     evaluated = sum(answer["tokens_evaluated"] for answer in answers)
     assert predicted == 4 * 12, answers
     assert after.generation_tokens_total - before.generation_tokens_total == predicted
@@ -103,6 +116,8 @@ def test_window_knows_slots_and_context_without_a_targets_file_entry(
 ) -> None:
     rounds = [[_scrape(server)]]
     answers = server.load([f"{PROMPT} <{i}>" for i in range(2)], n_predict=10, concurrency=2)
+    generated = sum(answer["tokens_predicted"] for answer in answers)
+    _after(server, (_only(rounds[0][0]).generation_tokens_total or 0) + generated)
     rounds.append([_scrape(server)])
     frame = snapshot_frame(rows_from_rounds("real-run", rounds))
     times = frame["collected_at"]
@@ -110,7 +125,7 @@ def test_window_knows_slots_and_context_without_a_targets_file_entry(
     assert stats.engine == "llamacpp"
     assert stats.slots == 2 and stats.ctx_per_slot_tokens == 1024, stats.settings
     assert stats.batch_limit == 2 and stats.batch_limit_source == "parallel from server settings"
-    assert stats.increases["generation_tokens"] == sum(a["tokens_predicted"] for a in answers)
+    assert stats.increases["generation_tokens"] == generated
 
 
 def test_a_restart_mid_window_is_a_counter_reset(llama: Installed) -> None:
@@ -124,8 +139,9 @@ def test_a_restart_mid_window_is_a_counter_reset(llama: Installed) -> None:
             port = server.port  # the same target restarted, as an operator would
             samples.append(_only(_scrape(server)).generation_tokens_total)
             answers = server.load([f"{PROMPT} [{lifetime}]"] * 2, n_predict=8, concurrency=2)
-            generated += sum(answer["tokens_predicted"] for answer in answers)
-            samples.append(_only(_scrape(server)).generation_tokens_total)
+            served = sum(answer["tokens_predicted"] for answer in answers)
+            generated += served
+            samples.append(_after(server, served).generation_tokens_total)
         # the process is gone before the next one starts: its counters start again at 0
     assert samples[2] == 0 and samples[1] == 16, samples
     # PromQL's increase(): the drop is a restart, the new value counts from 0
@@ -141,3 +157,13 @@ def test_server_that_is_gone_is_a_recorded_failure(llama: Installed) -> None:
     assert not results[0].up
     assert "connection failed" in (results[0].error or ""), results[0].error
     assert time.monotonic() - started < LIMITS.timeout_s
+
+
+def test_a_model_that_does_not_load_is_one_line(llama: Installed, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)  # a GGUF magic and nothing a loader can use
+    with pytest.raises(ServerError) as caught:
+        LlamaServer(llama.binary, broken, parallel=1, ctx_size=512).start()
+    message = str(caught.value)
+    assert message.startswith("llama-server exited ("), message
+    assert "\n" not in message and str(broken) in message, message
