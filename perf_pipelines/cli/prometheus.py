@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _config(settings: Settings) -> PrometheusConfig:
-    from perf_pipelines.sources.promapi import PrometheusConfig
+    from perf_pipelines.sources.promapi import PrometheusConfig, label_list
 
     if not settings.prometheus_url:
         fail("set PROMETHEUS_URL to the Prometheus server's base URL", ExitCode.CONFIGURATION)
@@ -30,6 +30,8 @@ def _config(settings: Settings) -> PrometheusConfig:
             else None
         ),
         timeout_s=settings.prometheus_query_timeout_s,
+        cycle_timeout_s=settings.prometheus_cycle_timeout_s,
+        dedup_labels=label_list(settings.prometheus_dedup_labels),
         max_bytes=settings.scrape_max_bytes,
         concurrency=min(settings.scrape_concurrency, 8),
     )

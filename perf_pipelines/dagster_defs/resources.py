@@ -13,7 +13,7 @@ from pydantic import PrivateAttr
 from sqlalchemy import Engine
 
 from perf_pipelines.analysis.detection import MIN_SUSTAINED_S, SUSTAINED_SHARE, DetectionConfig
-from perf_pipelines.sources.promapi import PrometheusConfig
+from perf_pipelines.sources.promapi import PrometheusConfig, label_list
 from perf_pipelines.storage.db import create_db_engine, ensure_schema
 from perf_pipelines.targets import Target, load_targets
 
@@ -110,9 +110,7 @@ class ScraperResource(ConfigurableResource["ScraperResource"]):
             password=self.prometheus_password,
             timeout_s=self.prometheus_timeout_s,
             cycle_timeout_s=self.prometheus_cycle_timeout_s,
-            dedup_labels=tuple(
-                label.strip() for label in self.prometheus_dedup_labels.split(",") if label.strip()
-            ),
+            dedup_labels=label_list(self.prometheus_dedup_labels),
             max_bytes=self.max_bytes,
             # Prometheus is one shared server: far fewer parallel queries than scrapes.
             concurrency=min(self.concurrency, 8),

@@ -84,6 +84,11 @@ class PrometheusConfig:
         return checked
 
 
+def label_list(text: str) -> tuple[str, ...]:
+    """PROMETHEUS_DEDUP_LABELS ("job, replica") as label names."""
+    return tuple(label.strip() for label in text.split(",") if label.strip())
+
+
 @dataclass(frozen=True)
 class ApiResult:
     data: Any

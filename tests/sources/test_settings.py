@@ -7,6 +7,7 @@ import os
 import pytest
 from dagster import EnvVar
 
+from perf_pipelines.cli.prometheus import _config
 from perf_pipelines.definitions import build_resources
 from perf_pipelines.settings import SettingsError, load_settings
 
@@ -46,11 +47,14 @@ def test_defaults() -> None:
 
 
 def test_cycle_deadline_and_dedup_labels_reach_the_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_URL", "http://prom:9090")
     monkeypatch.setenv("PROMETHEUS_CYCLE_TIMEOUT_S", "12.5")
     monkeypatch.setenv("PROMETHEUS_DEDUP_LABELS", "job, cluster_replica")
-    config = build_resources(load_settings())["scraper"].prometheus_config()
-    assert config.cycle_timeout_s == 12.5
-    assert config.dedup_labels == ("job", "cluster_replica")
+    settings = load_settings()
+    # the asset's resource and the `perf-pipelines prometheus` commands alike
+    for config in (build_resources(settings)["scraper"].prometheus_config(), _config(settings)):
+        assert config.cycle_timeout_s == 12.5
+        assert config.dedup_labels == ("job", "cluster_replica")
 
 
 @pytest.mark.parametrize(
