@@ -1,4 +1,4 @@
-.PHONY: demo test test-real lint bench screenshots
+.PHONY: demo test test-real lint bench screenshots soak
 
 demo:  ## install, start a simulated fleet, run optimization_cycle, open the Dagster UI
 	./scripts/demo.sh
@@ -20,3 +20,6 @@ bench:
 
 screenshots:  ## refresh docs/screenshots from the browser test (tests never write there)
 	PERF_SCREENSHOTS_DIR=docs/screenshots ./scripts/test.sh tests/deploy/test_ui_browser.py
+
+soak:  ## an hour of the agent (daemon, sidecar, 1,000 simulated servers) with random faults; docs/reliability.md#soak
+	./scripts/install_debian_packages.sh && ./scripts/bootstrap.sh dev && .venv/bin/python bench/soak.py $(SOAK_ARGS)
