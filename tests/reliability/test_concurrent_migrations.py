@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.exc import DBAPIError
 
-from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine
+from perf_pipelines.storage.db import HEAD_REVISION, create_db_engine, current_revision, upgrade
 from perf_pipelines.storage.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +116,24 @@ def test_two_migrations_at_once_both_succeed_and_leave_the_whole_schema(
     assert "open_recommendations" in views, f"views: {views}"
     expected_indexes = {index.name for table in metadata.tables.values() for index in table.indexes}
     assert expected_indexes <= indexes, f"missing indexes: {expected_indexes - indexes}"
+
+
+def test_a_migration_that_fails_half_way_leaves_no_half_made_schema(database_url: str) -> None:
+    # A table squatting on the name of the view 0001 creates last: the migration fails at its
+    # last statement, after five tables and their indexes were made.
+    engine = create_db_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE open_recommendations (x INTEGER)"))
+        with pytest.raises(DBAPIError) as failed:
+            upgrade(engine)
+        assert "open_recommendations" in str(failed.value)
+        with engine.connect() as connection:
+            left = set(inspect(connection).get_table_names()) - {"open_recommendations"}
+        assert not left, f"the failed migration left these behind: {sorted(left)}"
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE open_recommendations"))
+        upgrade(engine)  # and once the obstacle is gone, the same migration goes through
+        assert current_revision(engine) == HEAD_REVISION
+    finally:
+        engine.dispose()
