@@ -105,7 +105,9 @@ def test_no_warning_with_a_token_or_on_loopback(
 
 
 def test_fleet_simulator_binds_loopback_by_default(bound: list[uvicorn.Config]) -> None:
-    result = CliRunner().invoke(main, ["fleet", "--scenario", "mixed", "--warmup", "0"])
+    result = CliRunner().invoke(
+        main, ["fleet", "--scenario", "mixed", "--warmup", "0", "--port", "0"]
+    )
     assert result.exit_code == 0, result.output
     (config,) = bound
     assert config.host == "127.0.0.1"
@@ -114,7 +116,7 @@ def test_fleet_simulator_binds_loopback_by_default(bound: list[uvicorn.Config]) 
 
 def test_fleet_simulator_on_an_open_address_warns(bound: list[uvicorn.Config]) -> None:
     result = CliRunner().invoke(
-        main, ["fleet", "--scenario", "mixed", "--warmup", "0", "--host", "0.0.0.0"]
+        main, ["fleet", "--scenario", "mixed", "--warmup", "0", "--host", "0.0.0.0", "--port", "0"]
     )
     assert result.exit_code == 0, result.output
     assert bound[0].host == "0.0.0.0"
