@@ -22,6 +22,10 @@ from dagster import (
     op,
 )
 
+# Private Dagster modules, for the one cleanup delete_run omits (_delete_check_executions).
+from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
+from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+
 from perf_pipelines.dagster_defs.jobs import running_schedule
 from perf_pipelines.dagster_defs.resources import DatabaseResource
 from perf_pipelines.storage.retention import delete_older_than
@@ -53,6 +57,20 @@ def _delete_run_files(instance: DagsterInstance, run_id: str) -> None:
             Path(f"{path_for_shard(run_id)}{suffix}").unlink(missing_ok=True)
 
 
+def _delete_check_executions(instance: DagsterInstance, run_ids: list[str]) -> None:
+    """What `delete_run` leaves in the event log's index: the runs' asset check executions (one
+    row per check per cycle, ~1,440 a day with the default schedule, each with its evaluation
+    event), measured growing by as many rows as checks the deleted runs had. Dagster has no public
+    call for it; every SQL event log storage (SQLite, PostgreSQL) has this table and
+    `index_transaction()`, and tests/dagster_defs/test_instance_retention.py would see a change."""
+    storage = instance.event_log_storage
+    if not run_ids or not isinstance(storage, SqlEventLogStorage):
+        return
+    table = AssetCheckExecutionsTable
+    with storage.index_transaction() as connection:
+        connection.execute(table.delete().where(table.c.run_id.in_(run_ids)))
+
+
 def delete_finished_runs(instance: DagsterInstance, cutoff: datetime) -> int:
     """Delete the finished runs created before `cutoff`, each with its event log and its files
     on disk (Dagster keeps all forever otherwise: with the default schedules ~580 runs a day),
@@ -67,6 +85,7 @@ def delete_finished_runs(instance: DagsterInstance, cutoff: datetime) -> int:
         for record in records:
             instance.delete_run(record.dagster_run.run_id)
             _delete_run_files(instance, record.dagster_run.run_id)
+        _delete_check_executions(instance, [record.dagster_run.run_id for record in records])
         deleted += len(records)
         if len(records) < RUN_BATCH:
             return deleted

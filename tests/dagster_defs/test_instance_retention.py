@@ -4,16 +4,28 @@ logs, from a real SQLite instance; runs not finished and newer runs stay."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus, job, op
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    DagsterInstance,
+    DagsterRunStatus,
+    asset,
+    asset_check,
+    job,
+    materialize,
+    op,
+)
 
 from perf_pipelines.dagster_defs import retention as retention_module
 from perf_pipelines.dagster_defs.retention import delete_finished_runs
 from perf_pipelines.definitions import build_definitions
 from perf_pipelines.settings import load_settings
+from tests.dagster_defs.test_instance_secrets import dagster_postgres_url  # noqa: F401 (fixture)
 
 
 @op
@@ -32,11 +44,24 @@ def _run(instance: DagsterInstance) -> str:
     return result.run_id
 
 
-def _instance(tmp_path: Path) -> DagsterInstance:
+def _instance(tmp_path: Path, storage_url: str | None = None) -> DagsterInstance:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    config = "telemetry:\n  enabled: false\n"
+    if storage_url:
+        config += f"storage:\n  postgres:\n    postgres_url: '{storage_url}'\n"
+    (home / "dagster.yaml").write_text(config)
     return DagsterInstance.from_config(str(home))
+
+
+@asset
+def checked_table() -> None:
+    return None
+
+
+@asset_check(asset=checked_table)
+def checked_table_valid() -> AssetCheckResult:
+    return AssetCheckResult(passed=True)
 
 
 def _after_creation_of(instance: DagsterInstance, run_id: str) -> datetime:
@@ -101,3 +126,31 @@ def test_the_retention_job_deletes_old_runs(tmp_path: Path, sqlite_url: str) -> 
         assert remaining == [result.run_id], f"left: {remaining}"
     finally:
         instance.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def instance(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A real instance on SQLite files, or on PostgreSQL through dagster-postgres."""
+    storage_url = None
+    if request.param == "postgresql":
+        storage_url = request.getfixturevalue("dagster_postgres_url")
+    created = _instance(tmp_path, storage_url)
+    yield created
+    created.dispose()
+
+
+def test_asset_check_executions_go_with_their_runs(instance: DagsterInstance) -> None:
+    """delete_run leaves a run's asset check executions in the index; retention removes them."""
+    key = AssetCheckKey(checked_table.key, "checked_table_valid")
+
+    def check_runs() -> list[str]:
+        history = instance.event_log_storage.get_asset_check_execution_history(key, limit=100)
+        return sorted(record.run_id for record in history)
+
+    old = [materialize([checked_table, checked_table_valid], instance=instance) for _ in range(3)]
+    cutoff = _after_creation_of(instance, old[-1].run_id)
+    new = materialize([checked_table, checked_table_valid], instance=instance)
+    assert len(check_runs()) == 4
+
+    assert delete_finished_runs(instance, cutoff) == 3
+    assert check_runs() == [new.run_id]
