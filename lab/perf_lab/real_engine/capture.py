@@ -17,9 +17,11 @@ from typing import Any
 from perf_lab.real_engine.server import LlamaServer, ServerError
 
 PROMPT = "The three primary colours of light are"
-# Busy long enough to be caught by a poll on a loaded 2-core machine: every slot generating,
-# and as many requests again deferred behind them.
+# Busy long enough to be caught by a poll on a loaded 2-core machine: three rounds of requests
+# for the slots, so that the body under load shows every slot generating, requests deferred
+# behind them and the counters of the round already done.
 N_PREDICT = 48
+ROUNDS = 3
 LOAD_TIMEOUT_S = 120.0
 
 
@@ -29,7 +31,7 @@ def metrics_text(server: LlamaServer) -> str:
         return text
 
 
-def _gauge(text: str, name: str) -> float:
+def _value(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])
@@ -45,7 +47,7 @@ def capture(server: LlamaServer, out: Path) -> dict[str, Any]:
         json.dumps(server.get_json("/slots"), indent=1) + "\n", encoding="utf-8"
     )
     answers: list[dict[str, Any]] = []
-    prompts = [f"{PROMPT} (request {i})" for i in range(2 * slots)]
+    prompts = [f"{PROMPT} (request {i})" for i in range(ROUNDS * slots)]
     worker = threading.Thread(
         target=lambda: answers.extend(server.load(prompts, N_PREDICT, concurrency=len(prompts)))
     )
@@ -54,7 +56,11 @@ def capture(server: LlamaServer, out: Path) -> dict[str, Any]:
     loaded = None
     while time.monotonic() < deadline and worker.is_alive():
         text = metrics_text(server)
-        if _gauge(text, "llamacpp:requests_processing") >= slots:
+        if (
+            _value(text, "llamacpp:requests_processing") >= slots
+            and _value(text, "llamacpp:requests_deferred") >= 1
+            and _value(text, "llamacpp:tokens_predicted_total") > 0
+        ):
             loaded = text
             (out / "slots_load.json").write_text(
                 json.dumps(server.get_json("/slots"), indent=1) + "\n", encoding="utf-8"
@@ -63,7 +69,10 @@ def capture(server: LlamaServer, out: Path) -> dict[str, Any]:
         time.sleep(0.05)
     worker.join(LOAD_TIMEOUT_S)
     if loaded is None:
-        raise ServerError(f"never saw all {slots} slots busy within {LOAD_TIMEOUT_S:g} s")
+        raise ServerError(
+            f"never saw all {slots} slots busy, requests deferred and tokens counted "
+            f"within {LOAD_TIMEOUT_S:g} s"
+        )
     (out / "load.txt").write_text(loaded, encoding="utf-8")
     (out / "props.json").write_text(
         json.dumps(_props_for_fixture(server.props()), indent=1) + "\n", encoding="utf-8"

@@ -312,7 +312,8 @@ def _compile(layout: Layout, jobs: int, nice: int, say: Say) -> Path:
         )
     say(
         f"building llama-server b{layout.build} with {jobs} jobs "
-        f"(12–15 minutes on 2 idle cores; resumes if cut short); log: {layout.log}"
+        "(12–15 minutes on 2 idle cores, 30 on a busy machine; resumes if cut short); "
+        f"log: {layout.log}"
     )
     started = time.monotonic()
     _run_logged(
@@ -409,7 +410,7 @@ def build(
             "model_sha256": model_sha,
             "cmake_args": list(CMAKE_ARGS),
             "build_info": props.get("build_info"),
-            "seconds": round(time.monotonic() - started),
+            "this_run_s": round(time.monotonic() - started),  # a resumed build: its last part
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         partial = layout.stamp.with_name("COMPLETE.partial")
