@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 
 import click
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 @click.group("llama-server")
@@ -77,19 +83,15 @@ def start_command(
         threads=threads,
         extra=extra,
     )
+    # SIGTERM, and SIGINT even where a shell started this in the background with SIGINT
+    # ignored, end in the `finally` below: llama-server never outlives this command.
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         server.start()
-    except ServerError as exc:
-        fail(str(exc), ExitCode.ERROR)
-    assert server.process is not None
-    try:
+        assert server.process is not None
         props = server.props()
-        slots = props.get("total_slots")
-        click.echo(
-            f"llama-server b{done.build} ready at {server.metrics_url} "
-            f"({slots} slots, model {done.model.name}); Ctrl-C stops it"
-        )
-        if write_targets is not None:
+        if write_targets is not None:  # before "ready": whoever waits for it finds the file
             write_targets.write_text(
                 "targets:\n"
                 f"  - name: llamacpp-{server.port}\n"
@@ -97,6 +99,11 @@ def start_command(
                 "    engine: auto\n",
                 encoding="utf-8",
             )
+        click.echo(
+            f"llama-server b{done.build} ready at {server.metrics_url} "
+            f"({props.get('total_slots')} slots, model {done.model.name}); Ctrl-C stops it"
+        )
+        if write_targets is not None:
             click.echo(f"targets file: {write_targets}")
         code = server.process.wait()
         fail(f"llama-server exited ({code}): {' | '.join(server.log_lines(3))}", ExitCode.ERROR)

@@ -4,20 +4,24 @@ server itself, counters under real load, and a restart inside a window."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from perf_lab.real_engine.llamacpp import Installed
-from perf_lab.real_engine.server import LlamaServer, ServerError
+from perf_lab.real_engine.server import LlamaServer, ServerError, free_port
 from perf_pipelines.analysis.promql import counter_increase
 from perf_pipelines.analysis.window import window_stats
 from perf_pipelines.collection.collector import ScrapeLimits, ScrapeResult, collect
 from perf_pipelines.collection.rounds import rows_from_rounds
 from perf_pipelines.engines import snapshots_from_text
 from perf_pipelines.engines.canonical import CanonicalSnapshot, Engine
-from perf_pipelines.targets import Target
+from perf_pipelines.targets import Target, load_targets
 from tests.support.windows import snapshot_frame
 
 pytestmark = pytest.mark.real_engine
@@ -167,3 +171,34 @@ def test_a_model_that_does_not_load_is_one_line(llama: Installed, tmp_path: Path
     message = str(caught.value)
     assert message.startswith("llama-server exited ("), message
     assert "\n" not in message and str(broken) in message, message
+
+
+def test_start_serves_on_loopback_and_sigterm_stops_the_server_too(
+    llama: Installed, tmp_path: Path
+) -> None:
+    port = free_port()
+    targets = tmp_path / "targets.yaml"
+    command = [sys.executable, "-c", "from perf_pipelines.cli import main; main()"]
+    command += ["llama-server", "start", "--port", str(port), "--parallel", "3"]
+    command += ["--write-targets", str(targets)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()  # the line comes once /health answers, or never
+        assert f"ready at http://127.0.0.1:{port}/metrics (3 slots" in ready, ready
+        result = _scrape_url(load_targets(targets))
+        assert result.engine is Engine.LLAMACPP and _only(result).settings["parallel"] == 3
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "stopping llama-server" in stderr
+    with pytest.raises(OSError):  # nothing listens on the port any more
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def _scrape_url(targets: list[Target]) -> ScrapeResult:
+    (results,) = asyncio.run(collect(targets, LIMITS))
+    (result,) = results
+    assert result.up, result.error
+    return result
