@@ -53,16 +53,21 @@ def _only(result: ScrapeResult) -> CanonicalSnapshot:
     return snapshot
 
 
-def _after(server: LlamaServer, generated: float, deadline_s: float = 60.0) -> CanonicalSnapshot:
+def _scrape_after(server: LlamaServer, generated: float, deadline_s: float = 60.0) -> ScrapeResult:
     """A scrape once the server has counted `generated` tokens in all and is idle: it counts a
     request when its slot is released, just after the answer is sent."""
     deadline = time.monotonic() + deadline_s
     while True:
-        snapshot = _only(_scrape(server))
+        result = _scrape(server)
+        snapshot = _only(result)
         settled = snapshot.generation_tokens_total == generated and snapshot.requests_running == 0
         if settled or time.monotonic() > deadline:
-            return snapshot
+            return result
         time.sleep(0.05)
+
+
+def _after(server: LlamaServer, generated: float) -> CanonicalSnapshot:
+    return _only(_scrape_after(server, generated))
 
 
 def test_auto_target_is_detected_as_llamacpp(server: LlamaServer) -> None:
@@ -133,23 +138,35 @@ def test_window_knows_slots_and_context_without_a_targets_file_entry(
 
 
 def test_a_restart_mid_window_is_a_counter_reset(llama: Installed) -> None:
-    samples: list[float | None] = []
+    rounds: list[list[ScrapeResult]] = []
     generated = 0
     port = None
+    target = None
     for lifetime in range(2):
         with LlamaServer(
             llama.binary, llama.model, port=port, parallel=2, ctx_size=2048, threads=2
         ) as server:
             port = server.port  # the same target restarted, as an operator would
-            samples.append(_only(_scrape(server)).generation_tokens_total)
+            target = Target(name="real-llamacpp", url=server.metrics_url, engine="auto")
+            rounds.append([_scrape(server)])
             answers = server.load([f"{PROMPT} [{lifetime}]"] * 2, n_predict=8, concurrency=2)
             served = sum(answer["tokens_predicted"] for answer in answers)
             generated += served
-            samples.append(_after(server, served).generation_tokens_total)
-        # the process is gone before the next one starts: its counters start again at 0
-    assert samples[2] == 0 and samples[1] == 16, samples
+            rounds.append([_scrape_after(server, served)])
+        if lifetime == 0:  # scraped while it is down: a failed sample inside the window
+            assert target is not None
+            rounds.append(asyncio.run(collect([target], LIMITS))[0])
+    samples = [_only(r[0]).generation_tokens_total if r[0].up else None for r in rounds]
+    # up 0 → 16, down, then the new process from 0 → 16
+    assert samples == [0, 16, None, 0, 16], samples
     # PromQL's increase(): the drop is a restart, the new value counts from 0
     assert counter_increase(samples) == generated == 32, samples
+    frame = snapshot_frame(rows_from_rounds("restart-run", rounds))
+    times = frame["collected_at"]
+    (stats,) = window_stats(frame, {}, times.min(), times.max())
+    assert (stats.samples, stats.up_samples) == (5, 4)
+    assert stats.increases["generation_tokens"] == 32, stats.increases
+    assert stats.errors and "connection failed" in stats.errors[0], stats.errors
 
 
 def test_server_that_is_gone_is_a_recorded_failure(llama: Installed) -> None:
