@@ -184,7 +184,7 @@ def _read_prometheus(
     description="Warns when targets could not be scraped in the batch's latest sample.",
 )
 def targets_reachable(
-    context: AssetCheckExecutionContext, database: DatabaseResource
+    context: AssetCheckExecutionContext, database: DatabaseResource, targets: TargetsResource
 ) -> AssetCheckResult:
     table = metric_snapshots_table
     batch = batch_of(context, metric_snapshots.key)
@@ -198,17 +198,22 @@ def targets_reachable(
             )
         ).all()
     down = sorted({(row.target, row.error or "") for row in rows if not row.up})
+    # A target without a row is one the source could not tell about (Prometheus had no current
+    # sample of it): unknown, not down, and not "answered" either.
+    unknown = sorted({t.name for t in targets.load()} - {row.target for row in rows})
+    problems = (
+        [f"{len(down)} target(s) down: " + ", ".join(t for t, _ in down[:10])] if down else []
+    )
+    if unknown:
+        problems.append(f"{len(unknown)} target(s) unknown (no row): " + ", ".join(unknown[:10]))
     return AssetCheckResult(
-        passed=not down and bool(rows),
+        passed=not problems and bool(rows),
         severity=AssetCheckSeverity.WARN,
-        description=(
-            "all targets answered"
-            if not down
-            else f"{len(down)} target(s) down: " + ", ".join(t for t, _ in down[:10])
-        ),
+        description="; ".join(problems) or ("all targets answered" if rows else "no rows"),
         metadata={
             "targets_checked": len({row.target for row in rows}),
             "targets_down": len(down),
+            "targets_unknown": len(unknown),
             "down": MetadataValue.md(markdown_table(["target", "error"], [list(d) for d in down])),
             BATCH_ID: MetadataValue.text(batch),
         },

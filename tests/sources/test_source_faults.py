@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from perf_pipelines.collection.collector import ScrapeLimits, collect
 from perf_pipelines.dagster_defs.resources import DatabaseResource, ScraperResource, TargetsResource
-from perf_pipelines.dagster_defs.snapshots import metric_snapshots
+from perf_pipelines.dagster_defs.snapshots import metric_snapshots, targets_reachable
 from perf_pipelines.sources.cycle import read_cycle
 from perf_pipelines.sources.discovery import discover
 from perf_pipelines.sources.promapi import PrometheusClient, PrometheusConfig, PrometheusError
@@ -76,7 +76,7 @@ def _materialize(  # type: ignore[no-untyped-def]
     path = tmp_path / "targets.yaml"
     path.write_text(dump_targets(targets))
     return materialize(
-        [metric_snapshots],
+        [metric_snapshots, targets_reachable],
         resources={
             "database": DatabaseResource(url=database_url),
             "targets": TargetsResource(path=str(path)),
@@ -236,6 +236,12 @@ def test_a_target_without_current_samples_is_unknown_in_the_run_not_down(
     counts = [metadata.get(k) for k in ("targets_up", "targets_down", "targets_unknown")]
     assert counts == [1, 0, 1], metadata
     assert "no samples in Prometheus" in metadata["unknown"]["stranger"], metadata["unknown"]
+    # The check warns about it as unknown, neither down nor "answered".
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed and "1 target(s) unknown (no row): stranger" in (
+        check.description or ""
+    ), check.description
+    assert check.metadata["targets_down"].value == 0, check.metadata
 
 
 # -- 3. a removed target after a restart ----------------------------------------------------
