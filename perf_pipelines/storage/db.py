@@ -7,7 +7,9 @@ HEAD_REVISION (every sidecar start but the first, every Dagster run) never loads
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,16 +27,38 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0002"
 # An arbitrary constant: serialises concurrent `upgrade` calls from several processes on PostgreSQL.
 _PG_MIGRATION_LOCK_KEY = 7_242_011_355
+_SQLITE_BUSY_WAIT_S = 15.0  # as PRAGMA busy_timeout=15000 below
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # WAL lets the sidecar read while a run writes; busy_timeout waits out a short lock instead of
-    # failing the run at once.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # busy_timeout waits out a short lock instead of failing the run at once. WAL lets the
+    # sidecar read while a run writes.
     cursor.execute("PRAGMA busy_timeout=15000")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while another process holds the file's lock.
+
+    Switching a new file's journal mode takes its exclusive lock, and SQLite answers
+    'database is locked' at once there rather than calling the busy handler: a process that
+    connected while another switched the mode or migrated failed (tests/reliability/
+    test_concurrent_migrations.py). The switch is retried for as long as busy_timeout waits.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_WAIT_S
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def create_db_engine(url: str) -> Engine:
