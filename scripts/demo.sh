@@ -13,8 +13,11 @@ export PERF_TARGETS="${PERF_TARGETS:-$PERF_HOME/targets.yaml}"
 FLEET_PORT="${FLEET_PORT:-9400}"
 UI_PORT="${UI_PORT:-3000}"
 
+# The terminal's stderr, kept as fd 3: the Ctrl-C trap may run inside a step whose output goes to
+# a log file (the UI's), and its one line must still reach the user.
+exec 3>&2
 die() {
-  echo "error: $*" >&2
+  echo "error: $*" >&3
   exit 3
 }
 
@@ -22,7 +25,7 @@ die() {
 # the children's whole process groups in order: one line, no Python traceback from any of them.
 CHILDREN=()
 start() {
-  setsid "$@" &
+  setsid "$@" 3>&- &
   CHILDREN+=("$!")
 }
 stop_children() {
@@ -34,8 +37,8 @@ stop_children() {
     kill -KILL -- "-$pid" 2>/dev/null || true
   done
 }
-trap 'echo "demo stopped" >&2; stop_children; exit 130' INT
-trap 'echo "demo stopped" >&2; stop_children; exit 143' TERM
+trap 'echo "demo stopped" >&3; stop_children; exit 130' INT
+trap 'echo "demo stopped" >&3; stop_children; exit 143' TERM
 trap stop_children EXIT
 
 port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
