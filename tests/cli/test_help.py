@@ -67,6 +67,10 @@ def _modules_loaded_by(*args: str) -> tuple[set[str], str]:
         ["prometheus", "backfill"],
         ["evaluate"],
         ["fleet"],
+        ["llama-server"],
+        ["llama-server", "build"],
+        ["llama-server", "start"],
+        ["llama-server", "capture"],
     ],
     ids=lambda command: " ".join(command) or "main",
 )
@@ -81,4 +85,10 @@ def test_help_loads_no_heavy_library(command: list[str]) -> None:
 def test_main_help_lists_every_command() -> None:
     _, shown = _modules_loaded_by("--help")
     for name in ("db", "evaluate", "fleet", "prometheus", "scrape", "sidecar", "validate-targets"):
+        assert f"  {name} " in shown, shown
+
+
+def test_llama_server_help_lists_its_commands() -> None:
+    _, shown = _modules_loaded_by("llama-server", "--help")
+    for name in ("build", "start", "capture"):
         assert f"  {name} " in shown, shown

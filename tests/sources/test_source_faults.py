@@ -37,9 +37,9 @@ from tests.sources.fake_prometheus import (
     matrix_from_exposition,
     ok,
 )
-from tests.sources.real_prometheus import prometheus_on, scrape_config
+from tests.sources.real_prometheus import scrape_config
 from tests.support.http_servers import Route, closed_port, serve
-from tests.support.prometheus import PrometheusServer, prometheus_available
+from tests.support.prometheus import PrometheusServer, prometheus_available, prometheus_on
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "expositions"
 VLLM_TEXT = (FIXTURES / "vllm_v1_0_33.txt").read_text()

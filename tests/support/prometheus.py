@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 from urllib.parse import urlencode, urlsplit
 from urllib.request import urlopen
@@ -90,16 +91,19 @@ def _config(jobs: Mapping[str, str], interval: str) -> dict:
 
 
 @contextmanager
-def run_prometheus(
-    jobs: Mapping[str, str], *, interval: str = "1s", start_timeout_s: float = 20.0
+def prometheus_on(
+    config: dict[str, Any], workdir: Path, *, port: int | None = None, timeout_s: float = 30.0
 ) -> Iterator[PrometheusServer]:
-    """Run Prometheus scraping `jobs` ({job name: scrape URL}) until the block ends."""
-    workdir = Path(tempfile.mkdtemp(prefix="perf-prometheus-"))
+    """Run Prometheus with `config` on `workdir/data` until the block ends (SIGTERM on exit).
+
+    The TSDB is kept: entering again with the same `workdir` is a restart on the same data.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(_config(jobs, interval), sort_keys=False))
-    port = _free_port()
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = port or _free_port()
     log_path = workdir / "prometheus.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
                 PROMETHEUS_BIN,
@@ -114,7 +118,7 @@ def run_prometheus(
         )
     server = PrometheusServer(f"http://127.0.0.1:{port}", config_path, log_path, process)
     try:
-        deadline = time.monotonic() + start_timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
                 raise RuntimeError(
@@ -127,15 +131,27 @@ def run_prometheus(
             except (URLError, OSError):
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"prometheus not ready after {start_timeout_s}s")
+                raise TimeoutError(f"prometheus not ready after {timeout_s}s")
             time.sleep(0.05)
         yield server
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+@contextmanager
+def run_prometheus(
+    jobs: Mapping[str, str], *, interval: str = "1s", start_timeout_s: float = 20.0
+) -> Iterator[PrometheusServer]:
+    """Run Prometheus scraping `jobs` ({job name: scrape URL}) until the block ends."""
+    workdir = Path(tempfile.mkdtemp(prefix="perf-prometheus-"))
+    try:
+        with prometheus_on(_config(jobs, interval), workdir, timeout_s=start_timeout_s) as server:
+            yield server
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
